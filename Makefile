@@ -1,0 +1,79 @@
+# smtp-gated — see README.md.
+#   make run     build and start the daemon in the foreground (no root needed)
+#   make test    install what the tests need (as root) and run every test
+#   make bench   measure the proxy against a direct connection
+#   make install install binaries, man pages and samples (DESTDIR, PREFIX)
+
+GO      ?= go
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+ETCDIR  ?= /etc
+RUNDIR  := $(CURDIR)/run
+BIN     := bin/smtp-gated bin/smtpgatectl
+GOFILES := $(shell find . -name '*.go' -not -path './run/*')
+
+.PHONY: all build run test unit e2e lint cross bench install clean
+
+all: build
+
+build: $(BIN)
+
+bin/smtp-gated: $(GOFILES) go.mod
+	$(GO) build -o $@ ./cmd/smtp-gated
+
+bin/smtpgatectl: $(GOFILES) go.mod
+	$(GO) build -o $@ ./cmd/smtpgatectl
+
+# A local configuration: everything under ./run, the MTA on 127.0.0.1:25.
+# Edit run/smtp-gated.conf to taste; it is written only when missing.
+run/smtp-gated.conf: etc/dev.conf.in
+	mkdir -p $(RUNDIR)
+	test -f $@ || sed 's|@RUNDIR@|$(RUNDIR)|g' etc/dev.conf.in > $@
+
+run: build run/smtp-gated.conf
+	./bin/smtp-gated -f run/smtp-gated.conf
+
+test: lint unit e2e cross
+
+# Debian packages the tests need (Postfix, iptables, mandoc, ...): only
+# root can install them; everyone else gets the tests that need them
+# skipped.
+deps:
+	@if [ "$$(id -u)" = 0 ]; then ./test/install-deps.sh; \
+	else echo "not root: not installing test dependencies (tests needing them are skipped)"; fi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./ipc/... ./internal/... ./master/... ./session/... ./lookup/... ./scanner/... ./lockd/... ./cmd/...
+
+e2e: deps build
+	@if [ "$$(id -u)" = 0 ]; then export SMTPGATED_REQUIRE_PEERS=1; fi; \
+	$(GO) test -count=1 -timeout 30m ./test/...
+	@if command -v mandoc >/dev/null; then mandoc -Tlint -Wwarning man/*.[0-9] && echo "mandoc -Tlint: clean"; \
+	else echo "mandoc not installed: man pages not linted"; [ "$$(id -u)" != 0 ]; fi
+
+# The BSD builds: pf, ipfw and ipfilter code must at least compile and vet.
+cross:
+	GOOS=freebsd GOARCH=amd64 $(GO) build -o /dev/null ./...
+	GOOS=openbsd GOARCH=amd64 $(GO) build -o /dev/null ./...
+	GOOS=freebsd GOARCH=amd64 $(GO) vet ./...
+	GOOS=openbsd GOARCH=amd64 $(GO) vet ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/
+
+install: build
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(ETCDIR)
+	install -m 0755 bin/smtp-gated bin/smtpgatectl $(DESTDIR)$(SBINDIR)/
+	install -m 0644 man/smtp-gated.8 man/smtpgatectl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 man/smtp-gated.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	test -f $(DESTDIR)$(ETCDIR)/smtp-gated.conf || install -m 0644 etc/smtp-gated.conf $(DESTDIR)$(ETCDIR)/smtp-gated.conf
+
+clean:
+	rm -rf bin run

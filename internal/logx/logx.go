@@ -1,0 +1,145 @@
+// Package logx writes smtp-gated's log: one line per event, to syslog and,
+// in the foreground, to standard error. Every line is written with a single
+// write, so lines of several processes sharing a descriptor never mix.
+package logx
+
+import (
+	"fmt"
+	"io"
+	"log/syslog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Levels, with syslog's numbers.
+const (
+	Emerg   = 0
+	Alert   = 1
+	Crit    = 2
+	Err     = 3
+	Warning = 4
+	Notice  = 5
+	Info    = 6
+	Debug   = 7
+)
+
+var levelNames = [...]string{"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"}
+
+// Logger is safe for concurrent use.
+type Logger struct {
+	out    *output
+	prefix string
+}
+
+// output is what loggers derived by With share.
+type output struct {
+	tag    string
+	level  atomic.Int32
+	mu     sync.Mutex
+	sys    *syslog.Writer
+	stderr io.Writer
+	stamp  bool
+}
+
+// New makes a logger for one process. facility is the syslog facility
+// number (daemon = 3); level the highest level written. With useSyslog the
+// connection to the system log is opened now, before any chroot. With
+// toStderr every line also goes to standard error, time-stamped unless
+// systemd's journal reads it (JOURNAL_STREAM set), which stamps lines
+// itself. When syslog cannot be reached, lines go to standard error and
+// the error is returned for the caller to report.
+func New(tag string, facility, level int, useSyslog, toStderr bool) (*Logger, error) {
+	o := &output{tag: tag}
+	o.level.Store(int32(level))
+	var err error
+	if useSyslog {
+		o.sys, err = syslog.Dial("", "", syslog.Priority(facility<<3)|syslog.LOG_INFO, tag)
+		if err != nil {
+			o.sys = nil
+			err = fmt.Errorf("syslog: %w", err)
+		}
+	}
+	if toStderr || o.sys == nil {
+		o.stderr = os.Stderr
+		o.stamp = os.Getenv("JOURNAL_STREAM") == ""
+	}
+	return &Logger{out: o}, err
+}
+
+// Discard is a logger that writes nothing (for tests).
+func Discard() *Logger { return To(io.Discard, Debug) }
+
+// To makes a logger that writes lines to w, without syslog (for tests).
+func To(w io.Writer, level int) *Logger {
+	o := &output{stderr: w}
+	o.level.Store(int32(level))
+	return &Logger{out: o}
+}
+
+// With returns a logger that puts prefix before every message; it shares
+// the destination and level with l.
+func (l *Logger) With(prefix string) *Logger {
+	return &Logger{out: l.out, prefix: l.prefix + prefix}
+}
+
+// SetLevel changes the highest level written, for l and every logger
+// derived from the same New.
+func (l *Logger) SetLevel(level int) { l.out.level.Store(int32(level)) }
+
+// Enabled reports whether lines of level are written.
+func (l *Logger) Enabled(level int) bool { return int32(level) <= l.out.level.Load() }
+
+func (l *Logger) logf(level int, format string, a ...any) {
+	if !l.Enabled(level) {
+		return
+	}
+	o := l.out
+	msg := l.prefix + fmt.Sprintf(format, a...)
+	msg = strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", " ")
+	if o.sys != nil {
+		switch level {
+		case Emerg:
+			o.sys.Emerg(msg)
+		case Alert:
+			o.sys.Alert(msg)
+		case Crit:
+			o.sys.Crit(msg)
+		case Err:
+			o.sys.Err(msg)
+		case Warning:
+			o.sys.Warning(msg)
+		case Notice:
+			o.sys.Notice(msg)
+		case Info:
+			o.sys.Info(msg)
+		default:
+			o.sys.Debug(msg)
+		}
+	}
+	if o.stderr != nil {
+		var b strings.Builder
+		if o.stamp {
+			b.WriteString(time.Now().Format("2006-01-02T15:04:05.000 "))
+		}
+		if o.tag != "" {
+			fmt.Fprintf(&b, "%s[%d]: ", o.tag, os.Getpid())
+		}
+		b.WriteString(levelNames[level])
+		b.WriteString(": ")
+		b.WriteString(msg)
+		b.WriteByte('\n')
+		o.mu.Lock()
+		io.WriteString(o.stderr, b.String())
+		o.mu.Unlock()
+	}
+}
+
+func (l *Logger) Debugf(format string, a ...any)   { l.logf(Debug, format, a...) }
+func (l *Logger) Infof(format string, a ...any)    { l.logf(Info, format, a...) }
+func (l *Logger) Noticef(format string, a ...any)  { l.logf(Notice, format, a...) }
+func (l *Logger) Warningf(format string, a ...any) { l.logf(Warning, format, a...) }
+func (l *Logger) Errf(format string, a ...any)     { l.logf(Err, format, a...) }
+func (l *Logger) Critf(format string, a ...any)    { l.logf(Crit, format, a...) }

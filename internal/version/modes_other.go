@@ -1,0 +1,7 @@
+//go:build !linux
+
+package version
+
+import "smtp-gated/internal/config"
+
+var modes = []config.Mode{config.ModeFixed, config.ModeFixedXclient, config.ModeGetsockname}

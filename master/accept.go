@@ -1,0 +1,235 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"smtp-gated/ipc"
+)
+
+// listen opens the listening socket with connect_queue as its backlog
+// (the net package would use the system's maximum).
+func listen(addr netip.Addr, port uint16, backlog int) (*net.TCPListener, error) {
+	if !addr.IsValid() {
+		addr = netip.IPv4Unspecified()
+	}
+	ap := netip.AddrPortFrom(addr, port)
+	family := unix.AF_INET
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(port), Addr: addr.Unmap().As4()}
+	if addr.Is6() && !addr.Is4In6() {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(port), Addr: addr.As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %v: %w", ap, err)
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	defer f.Close()
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return nil, fmt.Errorf("listen on %v: SO_REUSEADDR: %w", ap, err)
+	}
+	if family == unix.AF_INET6 && addr.IsUnspecified() {
+		// [::] takes IPv4 clients too, as the manual's 0.0.0.0 would.
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, fmt.Errorf("listen on %v: bind: %w", ap, err)
+	}
+	if backlog <= 0 {
+		backlog = 16
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		return nil, fmt.Errorf("listen on %v: %w", ap, err)
+	}
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %v: %w", ap, err)
+	}
+	return l.(*net.TCPListener), nil
+}
+
+// acceptLoop accepts until the listener is closed.
+func (m *master) acceptLoop() {
+	for {
+		c, err := m.listener.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				d := time.Duration(m.cfg.Load().EnfileSleep) * time.Second
+				m.log.Errf("accept: %v: pausing %v", err, d)
+				time.Sleep(d)
+				continue
+			}
+			m.log.Errf("accept: %v", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		m.admit(c)
+	}
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// admit applies the global limits to a new connection and hands it to the
+// least-loaded session worker. The counts are taken and updated under one
+// lock, so they are exact whatever the number of workers.
+func (m *master) admit(c *net.TCPConn) {
+	cfg := m.cfg.Load()
+	src, local := addrPort(c.RemoteAddr()), addrPort(c.LocalAddr())
+	m.mu.Lock()
+	m.nextID++
+	id := m.nextID
+	m.count.requests++
+	total, host := len(m.sessions), m.perHost[src.Addr()]
+	var by, text string
+	code := 554
+	var w *proc
+	switch {
+	case m.draining:
+		by, code, text = "shutdown", 421, cfg.MsgTempUnavail
+	case m.maxConnections > 0 && total >= m.maxConnections:
+		by, text = "maxconn", cfg.MsgMaxReached
+		m.count.rejectMax++
+	case cfg.MaxPerHost > 0 && uint64(host) >= cfg.MaxPerHost:
+		by, text = "maxhost", cfg.MsgMaxPerHost
+		m.count.rejectHost++
+	default:
+		for _, p := range m.sessionProcs {
+			if p.ready && (w == nil || p.sessions < w.sessions) {
+				w = p
+			}
+		}
+		if w == nil {
+			by, code, text = "unavailable", 421, cfg.MsgTempUnavail
+			m.count.rejectOther++
+		}
+	}
+	if w != nil {
+		m.sessions[id] = &session{worker: w, src: src, start: time.Now()}
+		m.perHost[src.Addr()]++
+		w.sessions++
+		total++
+		host++
+	}
+	m.mu.Unlock()
+
+	m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
+	if w == nil {
+		m.log.Infof("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", by, src, id)
+		go m.reject(c, code, text)
+		return
+	}
+	ns := &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
+		Count: total, HostCount: host}
+	err := m.handOff(w, c, ns)
+	if err != nil {
+		m.log.Errf("hand-off of %v to %v: %v", src, w, err)
+		m.mu.Lock()
+		m.forget(id)
+		m.mu.Unlock()
+		m.log.Infof("CLOSE by=handoff, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", src, id)
+		go m.reject(c, 421, cfg.MsgTempUnavail)
+		return
+	}
+	c.Close()
+}
+
+// handOff sends the client socket to worker w. The kernel duplicates the
+// descriptor on its way; master's copy is closed by the caller.
+func (m *master) handOff(w *proc, c *net.TCPConn, ns *ipc.NewSession) error {
+	m.mu.Lock()
+	peer := w.peer
+	m.mu.Unlock()
+	if peer == nil {
+		return errors.New("worker not running")
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = peer.Send(ipc.MsgNewSession, ns, int(fd)) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// reject answers a connection that is not admitted and closes it.
+func (m *master) reject(c *net.TCPConn, code int, text string) {
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "%d %s %s\r\n", code, m.cfg.Load().ProxyHostName(), text)
+	c.Close()
+}
+
+// forget removes session id from the books. Called with m.mu held.
+func (m *master) forget(id uint64) *session {
+	s, ok := m.sessions[id]
+	if !ok {
+		return nil
+	}
+	delete(m.sessions, id)
+	if m.perHost[s.src.Addr()]--; m.perHost[s.src.Addr()] <= 0 {
+		delete(m.perHost, s.src.Addr())
+	}
+	s.worker.sessions--
+	if m.draining && len(m.sessions) == 0 {
+		close(m.drained)
+	}
+	return s
+}
+
+// endSession books the end of a session a worker reports. It returns false
+// when the session is not that worker's: a protocol violation.
+func (m *master) endSession(p *proc, e *ipc.SessionEnd) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.sessions[e.ID]
+	if !ok || s.worker != p {
+		return false
+	}
+	m.forget(e.ID)
+	if e.Direct {
+		m.count.direct++
+	}
+	if e.Empty {
+		m.count.empty++
+	}
+	return true
+}
+
+// dropSessionsOf forgets the sessions of a worker that died, logging the
+// CLOSE line the worker could not write. Called with m.mu held.
+func (m *master) dropSessionsOf(p *proc) int {
+	n := 0
+	for id, s := range m.sessions {
+		if s.worker != p {
+			continue
+		}
+		m.forget(id)
+		n++
+		m.count.lostSessions++
+		m.log.Infof("CLOSE by=crash, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, id=%d",
+			int64(time.Since(s.start)/time.Second), s.src, id)
+	}
+	return n
+}
+
+func contextTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}

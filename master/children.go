@@ -1,0 +1,321 @@
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"smtp-gated/ipc"
+)
+
+// helloTimeout bounds a child's start: exec, configuration, privilege drop.
+const helloTimeout = 15 * time.Second
+
+// proc is one child process slot. The process in it is replaced when it
+// dies; the slot stays.
+type proc struct {
+	role  string
+	index int
+
+	// Guarded by master.mu.
+	peer     *ipc.Peer
+	cmd      *exec.Cmd
+	pid      int
+	ready    bool
+	sessions int
+	started  time.Time
+	failures int
+	restarts int
+}
+
+func (p *proc) String() string {
+	if p.role == ipc.RoleSession {
+		return fmt.Sprintf("%s %d", p.role, p.index)
+	}
+	return p.role
+}
+
+// childEnv is the environment of a child: the master's, without what is
+// meant for master alone.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		switch {
+		case strings.HasPrefix(kv, "NOTIFY_SOCKET="), strings.HasPrefix(kv, "LISTEN_"),
+			strings.HasPrefix(kv, "WATCHDOG_"), strings.HasPrefix(kv, readyEnv+"="):
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// spawn starts the process of slot p and waits (bounded) for it to be
+// ready. It returns an error when the child could not be started or did
+// not say ready; the caller decides whether to retry.
+func (m *master) spawn(p *proc) error {
+	mine, theirs, err := ipc.Pair()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(m.opts.Exe, "-child", p.role)
+	cmd.Args[0] = "smtp-gated" // what ps shows
+	cmd.ExtraFiles = []*os.File{theirs} // descriptor 3
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = os.Stderr
+	cmd.Env = childEnv()
+	cmd.SysProcAttr = childAttr()
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		mine.Close()
+		return fmt.Errorf("start %v: %w", p, err)
+	}
+	conn, err := ipc.NewConn(mine)
+	mine.Close()
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return fmt.Errorf("link to %v: %w", p, err)
+	}
+	peer := ipc.NewPeer(conn, p.String(), func(pe *ipc.Peer, msg *ipc.Msg) { m.fromChild(p, pe, msg) })
+
+	m.mu.Lock()
+	p.peer, p.cmd, p.pid, p.ready, p.sessions, p.started = peer, cmd, cmd.Process.Pid, false, 0, time.Now()
+	m.mu.Unlock()
+
+	exited := make(chan struct{})
+	go func() {
+		err := peer.Run()
+		if err != nil && !errors.Is(err, io.EOF) && !m.stopping() {
+			// Unexpected is fatal: a child that breaks the protocol
+			// is not trusted to go on.
+			m.log.Errf("%v (pid %d): %v; killing it", p, cmd.Process.Pid, err)
+			cmd.Process.Kill()
+		}
+		peer.Close()
+	}()
+	go func() {
+		state, _ := cmd.Process.Wait()
+		close(exited)
+		m.exited(p, cmd, state)
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), helloTimeout)
+	defer cancel()
+	hello := &ipc.Hello{
+		Version:    ipc.Version,
+		Role:       p.role,
+		Index:      p.index,
+		Config:     m.cfgText.Load().(string),
+		Foreground: m.opts.Foreground,
+		Started:    m.started.Unix(),
+		EmptyDir:   m.emptyDir,
+	}
+	// A child that fails its start is no longer the slot's: its exit
+	// must not trigger a restart of its own, the caller retries.
+	abandon := func() {
+		m.mu.Lock()
+		if p.cmd == cmd {
+			p.cmd, p.peer = nil, nil
+		}
+		m.mu.Unlock()
+		cmd.Process.Kill()
+		select {
+		case <-exited:
+		case <-time.After(2 * time.Second):
+		}
+	}
+	reply, err := peer.Call(ctx, ipc.MsgHello, hello, ipc.MsgReady)
+	if err != nil {
+		abandon()
+		return fmt.Errorf("%v did not start: %w", p, err)
+	}
+	r := reply.Payload.(*ipc.Ready)
+	if r.Version != ipc.Version || r.Pid != cmd.Process.Pid {
+		abandon()
+		return fmt.Errorf("%v answered hello with version %d pid %d (want %d, %d)", p, r.Version, r.Pid, ipc.Version, cmd.Process.Pid)
+	}
+	m.mu.Lock()
+	if p.cmd == cmd {
+		p.ready = true
+	}
+	m.mu.Unlock()
+	m.log.Debugf("%v ready (pid %d)", p, cmd.Process.Pid)
+	m.linkPeers(p)
+	return nil
+}
+
+// linkPeers gives a child that just became ready its links to the
+// children it talks to directly: session workers to lookup.
+func (m *master) linkPeers(p *proc) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch p.role {
+	case ipc.RoleSession:
+		if m.lookup.ready {
+			m.link(p, m.lookup)
+		}
+	case ipc.RoleLookup:
+		for _, s := range m.sessionProcs {
+			if s.ready {
+				m.link(s, p)
+			}
+		}
+	}
+}
+
+// link makes a socketpair between session worker s and service l and
+// sends each its end. Called with m.mu held.
+func (m *master) link(s, l *proc) {
+	a, b, err := ipc.Pair()
+	if err != nil {
+		m.log.Errf("link %v to %v: %v", s, l, err)
+		return
+	}
+	defer a.Close()
+	defer b.Close()
+	if err := l.peer.Send(ipc.MsgPeerLink, &ipc.PeerLink{Role: s.role, Index: s.index}, int(a.Fd())); err != nil {
+		m.log.Errf("link %v to %v: %v", s, l, err)
+		return
+	}
+	if err := s.peer.Send(ipc.MsgPeerLink, &ipc.PeerLink{Role: l.role, Index: l.index}, int(b.Fd())); err != nil {
+		m.log.Errf("link %v to %v: %v", s, l, err)
+	}
+}
+
+// exited handles the end of a child process: its sessions are closed in
+// the books, and unless the daemon is stopping the slot is restarted with
+// back-off (a child that keeps dying at start-up is throttled).
+func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
+	m.mu.Lock()
+	if p.cmd != cmd {
+		m.mu.Unlock()
+		return
+	}
+	p.ready = false
+	p.peer.Close()
+	lived := time.Since(p.started)
+	lost := m.dropSessionsOf(p)
+	stopping := m.stoppingLocked()
+	if lived >= 10*time.Second {
+		p.failures = 0
+	} else {
+		p.failures++
+	}
+	delay := 250 * time.Millisecond << min(p.failures, 7)
+	delay = min(delay, 30*time.Second)
+	m.mu.Unlock()
+
+	if stopping {
+		m.log.Debugf("%v (pid %d) exited: %v", p, cmd.Process.Pid, state)
+		return
+	}
+	m.log.Errf("%v (pid %d) exited: %v, after %v; %d sessions lost; restarting in %v",
+		p, cmd.Process.Pid, describe(state), lived.Round(time.Millisecond), lost, delay)
+	go m.restart(p, delay)
+}
+
+// restart starts slot p again after delay, and again with growing delays
+// while it fails to start.
+func (m *master) restart(p *proc, delay time.Duration) {
+	for {
+		select {
+		case <-time.After(delay):
+		case <-m.quit:
+			return
+		}
+		if m.stopping() {
+			return
+		}
+		m.mu.Lock()
+		p.restarts++
+		m.mu.Unlock()
+		err := m.spawn(p)
+		if err == nil {
+			m.log.Noticef("%v restarted (pid %d)", p, p.pid)
+			return
+		}
+		m.mu.Lock()
+		p.failures++
+		delay = min(250*time.Millisecond<<min(p.failures, 7), 30*time.Second)
+		m.mu.Unlock()
+		m.log.Errf("restarting %v: %v; trying again in %v", p, err, delay)
+	}
+}
+
+func describe(state *os.ProcessState) string {
+	if state == nil {
+		return "unknown status"
+	}
+	if ws, ok := state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return "killed by signal " + ws.Signal().String()
+	}
+	return state.String()
+}
+
+// fromChild is master's dispatch of messages from its children.
+func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
+	switch v := msg.Payload.(type) {
+	case *ipc.SessionEnd:
+		if p.role == ipc.RoleSession && m.endSession(p, v) {
+			return
+		}
+	}
+	msg.Close()
+	m.log.Errf("unexpected %v from %v: killing it", msg.Type, p)
+	m.mu.Lock()
+	if p.peer == pe && p.cmd != nil {
+		p.cmd.Process.Kill()
+	}
+	m.mu.Unlock()
+}
+
+// stopChildren closes every child's link (they exit on end of file) and
+// waits for them, killing what is left after the bound.
+func (m *master) stopChildren(bound time.Duration) {
+	m.mu.Lock()
+	var cmds []*exec.Cmd
+	for _, p := range m.allProcs() {
+		if p.peer != nil {
+			p.peer.Close()
+		}
+		if p.cmd != nil {
+			cmds = append(cmds, p.cmd)
+		}
+	}
+	m.mu.Unlock()
+	deadline := time.Now().Add(bound)
+	for _, c := range cmds {
+		for c.ProcessState == nil && processAlive(c.Process.Pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if processAlive(c.Process.Pid) {
+			m.log.Warningf("pid %d did not exit in %v: killing it", c.Process.Pid, bound)
+			c.Process.Kill()
+		}
+	}
+}
+
+// processAlive reports whether pid is still a process that is not a
+// zombie waiting for us.
+func processAlive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !os.IsNotExist(err)
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}

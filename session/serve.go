@@ -1,0 +1,181 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/ipc"
+)
+
+// conn is one client connection and what is known about it.
+type conn struct {
+	id     uint64
+	cfg    *config.Config
+	client *net.TCPConn
+	src    netip.AddrPort
+	local  netip.AddrPort
+	dst    netip.AddrPort
+	ident  string
+	start  time.Time
+
+	by       string
+	cliRx    uint64
+	srvRx    uint64
+	direct   bool
+	trns     int
+	rcpts    int
+	authFlag int
+}
+
+// serve runs one session from hand-off to close, and always ends with one
+// CLOSE line and a SessionEnd to master.
+func (w *worker) serve(ns *ipc.NewSession, f *os.File) {
+	c := &conn{
+		id:    ns.ID,
+		cfg:   w.cfg.Load(),
+		src:   ns.Client,
+		local: ns.Local,
+		start: time.Unix(0, ns.Accepted),
+		by:    "error",
+	}
+	defer w.finish(c)
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		w.log.Errf("[%d] client socket from master: %v", c.id, err)
+		return
+	}
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		nc.Close()
+		w.log.Errf("[%d] client socket from master is %T, not TCP", c.id, nc)
+		return
+	}
+	c.client = tc
+	defer c.client.Close()
+
+	if msg, by := w.destination(c); by != "" {
+		c.by = by
+		c.reply(421, msg)
+		return
+	}
+	server, msg, err := w.connect(c)
+	if err != nil {
+		c.by = "connect"
+		w.log.Warningf("[%d] cannot connect to %v: %v", c.id, c.dst, err)
+		c.reply(421, msg)
+		return
+	}
+	defer server.Close()
+	w.log.Debugf("[%d] connected to %v", c.id, c.dst)
+	idle := time.Duration(c.cfg.TimeoutIdle) * time.Second
+	c.by, c.cliRx, c.srvRx = relay(c.client, server, idle)
+}
+
+// finish logs the CLOSE line and tells master.
+func (w *worker) finish(c *conn) {
+	secs := int64(time.Since(c.start) / time.Second)
+	tag := "CLOSE"
+	if c.direct {
+		tag = "CLOSE:DIRECT"
+	}
+	w.log.Infof("%s by=%s, rcv=%d/%d, trns=%d, rcpts=%d, auth=%d, time=%d, src=%v, ident=%s, id=%d",
+		tag, c.by, c.cliRx, c.srvRx, c.trns, c.rcpts, c.authFlag, secs, c.src, c.ident, c.id)
+	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx, ServerRx: c.srvRx,
+		Direct: c.direct, Empty: c.trns == 0, Transacts: c.trns}
+	if err := w.master.Send(ipc.MsgSessionEnd, end); err != nil {
+		w.log.Errf("[%d] telling master the session ended: %v", c.id, err)
+	}
+}
+
+// reply writes one reply of the proxy's own to the client, bounded in time.
+func (c *conn) reply(code int, text string) {
+	c.client.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c.client, "%d %s %s\r\n", code, c.cfg.ProxyHostName(), text)
+}
+
+// destination decides where the session goes. On failure it returns the
+// text for the client and the CLOSE cause.
+func (w *worker) destination(c *conn) (msg, by string) {
+	cfg := c.cfg
+	switch cfg.Mode {
+	case config.ModeFixed, config.ModeFixedXclient:
+		c.dst = netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort)
+		return "", ""
+	}
+	lp := w.lookup.Load()
+	if lp == nil {
+		w.log.Errf("[%d] look-up: the lookup process is not available", c.id)
+		return cfg.MsgLookupFailed, "lookup"
+	}
+	rc, err := c.client.SyscallConn()
+	if err != nil {
+		return cfg.MsgLookupFailed, "lookup"
+	}
+	var dup int
+	var derr error
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
+		w.log.Errf("[%d] look-up: dup: %v%v", c.id, err, derr)
+		return cfg.MsgLookupFailed, "lookup"
+	}
+	defer unix.Close(dup)
+	timeout := time.Duration(cfg.TimeoutLookup) * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	m, err := lp.Call(ctx, ipc.MsgDstQuery, &ipc.DstQuery{Client: c.src, Local: c.local}, ipc.MsgDstAnswer, dup)
+	if errors.Is(err, context.DeadlineExceeded) {
+		w.log.Warningf("[%d] look-up timed out after %v", c.id, timeout)
+		return cfg.MsgLookupTimeout, "lookup"
+	}
+	if err != nil {
+		w.log.Errf("[%d] look-up: %v", c.id, err)
+		return cfg.MsgLookupFailed, "lookup"
+	}
+	a := m.Payload.(*ipc.DstAnswer)
+	switch a.Fail {
+	case "":
+		c.dst, c.ident = a.Dst, a.Ident
+		return "", ""
+	case ipc.LookupLoop:
+		w.log.Warningf("[%d] avoiding loop: %v is the proxy itself", c.id, a.Dst)
+		return cfg.MsgLoopAvoidance, "loop"
+	case ipc.LookupNotFound:
+		w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
+		return cfg.MsgLookupNotfound, "lookup"
+	case ipc.LookupTimeout:
+		w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
+		return cfg.MsgLookupTimeout, "lookup"
+	case ipc.LookupMismatch:
+		w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
+		return cfg.MsgLookupMismatch, "lookup"
+	}
+	w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
+	return cfg.MsgLookupFailed, "lookup"
+}
+
+// connect opens the connection to the MTA from outgoing_addr within
+// timeout_connect. On failure it also returns the text for the client.
+func (w *worker) connect(c *conn) (*net.TCPConn, string, error) {
+	cfg := c.cfg
+	d := net.Dialer{Timeout: time.Duration(cfg.TimeoutConnect) * time.Second}
+	if out := cfg.OutgoingAddr; out.IsValid() && !out.IsUnspecified() && out.Unmap().Is4() == c.dst.Addr().Unmap().Is4() {
+		d.LocalAddr = &net.TCPAddr{IP: out.AsSlice()}
+	}
+	nc, err := d.Dial("tcp", c.dst.String())
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, cfg.MsgConnectTimeout, err
+		}
+		return nil, cfg.MsgCannotConnect, err
+	}
+	return nc.(*net.TCPConn), "", nil
+}
