@@ -65,7 +65,7 @@ func (m *master) spawn(p *proc) error {
 		return err
 	}
 	cmd := exec.Command(m.opts.Exe, "-child", p.role)
-	cmd.Args[0] = "smtp-gated" // what ps shows
+	cmd.Args[0] = "smtp-gated"          // what ps shows
 	cmd.ExtraFiles = []*os.File{theirs} // descriptor 3
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = os.Stderr
