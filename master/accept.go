@@ -21,11 +21,11 @@ func listen(addr netip.Addr, port uint16, backlog int) (*net.TCPListener, error)
 		addr = netip.IPv4Unspecified()
 	}
 	ap := netip.AddrPortFrom(addr, port)
-	family := unix.AF_INET
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(port), Addr: addr.Unmap().As4()}
-	if addr.Is6() && !addr.Is4In6() {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(port), Addr: addr.As16()}
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(port), Addr: addr.As16()}
+	if addr.Unmap().Is4() {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(port), Addr: addr.Unmap().As4()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {

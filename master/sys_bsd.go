@@ -5,8 +5,6 @@ package master
 import (
 	"net"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 func childAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{} }

@@ -5,19 +5,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// relayBuf is the size of the buffer one read borrows. Buffers come from a
-// pool and are held only while data moves, so an idle session costs its
-// goroutines and no buffer.
-const relayBuf = 32 * 1024
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBuf); return &b }}
 
 // writeError is a failed write to the other side.
 type writeError struct{ err error }
@@ -60,38 +53,44 @@ func relay(client, server *net.TCPConn, idle time.Duration) (by string, cliRx, s
 	return by, fromClient.Load(), fromServer.Load()
 }
 
-// pump copies src to dst. It returns io.EOF when src closed, errIdle when
-// nothing moved either way for idle, or the read or write error (a write
-// error is reported as the other side's end by the caller's close).
+// waitReadable waits, without reading, until src has data, has reached
+// its end, or its read deadline passes. An idle session waits here holding
+// no buffer.
+func waitReadable(rc syscall.RawConn) error {
+	var one [1]byte
+	var perr error
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, perr = unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			if perr != unix.EINTR {
+				break
+			}
+		}
+		return perr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	// A pending error (a reset) is for the read that follows to report.
+	return nil
+}
+
+// pump moves src to dst until src ends. It returns io.EOF when src
+// closed, errIdle when nothing moved either way for idle, a writeError
+// when dst failed, or the read error. How bytes move is per system
+// (pump_*.go): spliced in the kernel where it can, copied elsewhere.
 func pump(src, dst *net.TCPConn, count *atomic.Uint64, last *atomic.Int64, idle time.Duration) error {
-	rc, err := src.SyscallConn()
+	srcRC, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	dstRC, err := dst.SyscallConn()
 	if err != nil {
 		return err
 	}
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
-		var buf *[]byte
-		var n int
-		var rerr error
-		err := rc.Read(func(fd uintptr) bool {
-			buf = bufPool.Get().(*[]byte)
-			for {
-				n, rerr = unix.Read(int(fd), *buf)
-				if rerr != unix.EINTR {
-					break
-				}
-			}
-			if rerr == unix.EAGAIN {
-				bufPool.Put(buf)
-				buf = nil
-				return false
-			}
-			return true
-		})
-		if err != nil {
-			if buf != nil {
-				bufPool.Put(buf)
-			}
+		if err := waitReadable(srcRC); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if time.Since(time.Unix(0, last.Load())) < idle {
 					continue // the other direction is busy
@@ -100,20 +99,17 @@ func pump(src, dst *net.TCPConn, count *atomic.Uint64, last *atomic.Int64, idle 
 			}
 			return err
 		}
-		if rerr != nil || n == 0 {
-			bufPool.Put(buf)
-			if rerr != nil {
-				return rerr
-			}
-			return io.EOF
-		}
-		count.Add(uint64(n))
-		last.Store(time.Now().UnixNano())
 		dst.SetWriteDeadline(time.Now().Add(idle))
-		_, werr := dst.Write((*buf)[:n])
-		bufPool.Put(buf)
-		if werr != nil {
-			return writeError{werr}
+		n, eof, err := moveBurst(srcRC, dstRC)
+		if n > 0 {
+			count.Add(uint64(n))
+			last.Store(time.Now().UnixNano())
+		}
+		if err != nil {
+			return err
+		}
+		if eof {
+			return io.EOF
 		}
 	}
 }

@@ -64,7 +64,11 @@ func (w *worker) serve(ns *ipc.NewSession, f *os.File) {
 
 	if msg, by := w.destination(c); by != "" {
 		c.by = by
-		c.reply(421, msg)
+		code := 421
+		if by == "loop" {
+			code = 554 // an early reject, as for the other limits
+		}
+		c.reply(code, msg)
 		return
 	}
 	server, msg, err := w.connect(c)

@@ -56,7 +56,7 @@ func (op *option) alias(a ...string) *option {
 	op.aliases = append(op.aliases, a...)
 	return op
 }
-func (op *option) atLeast(min int64) *option { op.min, op.hasMin = min, true; return op }
+func (op *option) atLeast(lo int64) *option { op.min, op.hasMin = lo, true; return op }
 
 var sections = []*section{
 	{title: "MAIN OPTIONS", opts: []*option{
@@ -329,36 +329,6 @@ func camel(name string) string {
 		}
 	}
 	return b.String()
-}
-
-// typeName is the manual's name of an option's type, for documentation
-// tests and the -T listing.
-func (op *option) typeName() string {
-	switch op.kind {
-	case kString:
-		return "STR"
-	case kRegex:
-		return "REGEX"
-	case kIP:
-		return "IP"
-	case kPort:
-		return "PORT"
-	case kUint:
-		return "UINT"
-	case kInt, kSize:
-		return "INT"
-	case kFloat:
-		return "FLOAT"
-	case kBool:
-		return "BOOL"
-	case kOctal:
-		return "OCTAL"
-	case kOne:
-		return "ENUM ONE"
-	case kMulti:
-		return "ENUM MULTI"
-	}
-	return "?"
 }
 
 // accepted says what an option accepts, for error messages.

@@ -79,16 +79,8 @@ func Drop(id *Identity, dir string) error {
 			return fmt.Errorf("chdir / in %s: %w", dir, err)
 		}
 	}
-	// syscall's Setgroups, Setresgid and Setresuid change every thread
-	// (x/sys/unix's Setgroups changes only the calling one).
-	if err := syscall.Setgroups([]int{id.GID}); err != nil {
-		return fmt.Errorf("setgroups %d: %w", id.GID, err)
-	}
-	if err := syscall.Setresgid(id.GID, id.GID, id.GID); err != nil {
-		return fmt.Errorf("setresgid %d: %w", id.GID, err)
-	}
-	if err := syscall.Setresuid(id.UID, id.UID, id.UID); err != nil {
-		return fmt.Errorf("setresuid %d: %w", id.UID, err)
+	if err := setIDs(id.UID, id.GID); err != nil {
+		return err
 	}
 	if syscall.Setuid(0) == nil || os.Geteuid() == 0 || os.Getuid() == 0 {
 		return errors.New("root could be regained after dropping privileges")

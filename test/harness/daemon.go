@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,6 +23,8 @@ const (
 	// EnvBin names a prebuilt smtp-gated binary to run instead of building
 	// smtp-gated/cmd/smtp-gated.
 	EnvBin = "SMTPGATED_BIN"
+	// EnvCtlBin names a prebuilt smtpgatectl binary (see CtlBinary).
+	EnvCtlBin = "SMTPGATECTL_BIN"
 	// EnvBuildFlags adds flags to the daemon's go build (e.g. "-race").
 	EnvBuildFlags = "SMTPGATED_BUILDFLAGS"
 )
@@ -78,6 +81,7 @@ type Daemon struct {
 	state  *os.ProcessState
 
 	killOnce sync.Once
+	logShown bool // a failure message already carried the whole output
 }
 
 type daemonOpts struct {
@@ -128,60 +132,104 @@ func WithoutReady() Option {
 	return func(o *daemonOpts) { o.noReady = true }
 }
 
-var build struct {
+var builds struct {
+	mu  sync.Mutex
+	dir string // one directory per test binary, removed by Main
+	m   map[string]*buildResult
+}
+
+type buildResult struct {
 	once sync.Once
 	path string
-	out  string
 	err  error
 }
 
-// DaemonBinary builds smtp-gated/cmd/smtp-gated once per test binary (into
-// a temporary directory removed by Main) and returns its path; EnvBin
-// overrides it with a prebuilt binary.
-func DaemonBinary(t testing.TB) string {
+// BuildBinary builds the main package pkg of this module (an import path,
+// e.g. "smtp-gated/cmd/smtpgatectl") once per test binary, into a temporary
+// directory removed by Main, and returns the executable's path. EnvBuildFlags
+// adds build flags.
+func BuildBinary(t testing.TB, pkg string) string {
 	t.Helper()
-	requireMain(t, "DaemonBinary")
-	build.once.Do(func() {
-		if bin := os.Getenv(EnvBin); bin != "" {
-			build.path, build.err = filepath.Abs(bin)
-			return
-		}
-		root, err := ModuleRoot()
-		if err != nil {
-			build.err = err
-			return
-		}
+	requireMain(t, "BuildBinary")
+	builds.mu.Lock()
+	if builds.m == nil {
+		builds.m = map[string]*buildResult{}
+	}
+	r := builds.m[pkg]
+	if r == nil {
+		r = &buildResult{}
+		builds.m[pkg] = r
+	}
+	builds.mu.Unlock()
+	r.once.Do(func() { r.path, r.err = goBuild(pkg) })
+	if r.err != nil {
+		t.Fatalf("build %s: %v", pkg, r.err)
+	}
+	return r.path
+}
+
+func goBuild(pkg string) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	builds.mu.Lock()
+	if builds.dir == "" {
 		dir, err := os.MkdirTemp("", "smtpgated-bin-")
 		if err != nil {
-			build.err = err
-			return
+			builds.mu.Unlock()
+			return "", err
 		}
-		os.Chmod(dir, 0o755) // the binary may be run as another user
+		os.Chmod(dir, 0o755) // the binaries may run as another user
+		builds.dir = dir
 		atTeardown(func() { os.RemoveAll(dir) })
-		gobin, err := exec.LookPath("go") // go test puts GOROOT/bin first in PATH
-		if err != nil {
-			build.err = fmt.Errorf("go command not found: %w", err)
-			return
-		}
-		out := filepath.Join(dir, "smtp-gated")
-		args := []string{"build", "-o", out}
-		args = append(args, strings.Fields(os.Getenv(EnvBuildFlags))...)
-		args = append(args, "smtp-gated/cmd/smtp-gated")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, gobin, args...)
-		cmd.Dir = root
-		b, err := cmd.CombinedOutput()
-		if err != nil {
-			build.err = fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
-			return
-		}
-		build.path = out
-	})
-	if build.err != nil {
-		t.Fatalf("build smtp-gated: %v", build.err)
 	}
-	return build.path
+	dir := builds.dir
+	builds.mu.Unlock()
+	gobin, err := exec.LookPath("go") // go test puts GOROOT/bin first in PATH
+	if err != nil {
+		return "", fmt.Errorf("go command not found: %w", err)
+	}
+	out := filepath.Join(dir, path.Base(pkg))
+	args := []string{"build", "-o", out}
+	args = append(args, strings.Fields(os.Getenv(EnvBuildFlags))...)
+	args = append(args, pkg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gobin, args...)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	}
+	return out, nil
+}
+
+// DaemonBinary returns the smtp-gated executable: EnvBin if set, else
+// smtp-gated/cmd/smtp-gated built once per test binary.
+func DaemonBinary(t testing.TB) string {
+	t.Helper()
+	if bin := os.Getenv(EnvBin); bin != "" {
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			t.Fatalf("%s: %v", EnvBin, err)
+		}
+		return abs
+	}
+	return BuildBinary(t, "smtp-gated/cmd/smtp-gated")
+}
+
+// CtlBinary returns the smtpgatectl executable: EnvCtlBin if set, else
+// smtp-gated/cmd/smtpgatectl built once per test binary.
+func CtlBinary(t testing.TB) string {
+	t.Helper()
+	if bin := os.Getenv(EnvCtlBin); bin != "" {
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			t.Fatalf("%s: %v", EnvCtlBin, err)
+		}
+		return abs
+	}
+	return BuildBinary(t, "smtp-gated/cmd/smtpgatectl")
 }
 
 // StartDaemon writes config to a configuration file and runs
@@ -271,7 +319,7 @@ func StartDaemon(t testing.TB, config string, opts ...Option) *Daemon {
 	}()
 	started()
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() && !d.logShown {
 			t.Logf("smtp-gated (pid %d) output, last 60 lines:\n%s", d.Pid(), tail(d.Log(), 60))
 		}
 		d.kill()
@@ -289,6 +337,7 @@ func StartDaemon(t testing.TB, config string, opts ...Option) *Daemon {
 	if _, _, err := d.waitNotify(Mark{}, "READY=1", o.readyTimeout); err != nil {
 		d.kill()
 		<-d.exited
+		d.logShown = true
 		t.Fatalf("smtp-gated did not start: %v\n--- its output:\n%s", err, d.Log())
 	}
 	return d

@@ -332,18 +332,33 @@ func TestDotStuff(t *testing.T) {
 	}
 }
 
-// TestRealDaemonBuilds builds cmd/smtp-gated once it exists.
-func TestRealDaemonBuilds(t *testing.T) {
+// TestRealBinariesBuild builds cmd/smtp-gated and cmd/smtpgatectl once they
+// exist, and checks that a second request reuses the first build.
+func TestRealBinariesBuild(t *testing.T) {
 	root, err := harness.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if gos, _ := filepath.Glob(filepath.Join(root, "cmd", "smtp-gated", "*.go")); len(gos) == 0 {
-		t.Skip("cmd/smtp-gated has no Go files yet")
-	}
-	bin := harness.DaemonBinary(t)
-	if fi, err := os.Stat(bin); err != nil || fi.Mode()&0o111 == 0 {
-		t.Fatalf("built binary %s: %v", bin, err)
+	for _, tc := range []struct {
+		dir   string
+		build func(testing.TB) string
+	}{
+		{"smtp-gated", harness.DaemonBinary},
+		{"smtpgatectl", harness.CtlBinary},
+	} {
+		t.Run(tc.dir, func(t *testing.T) {
+			if gos, _ := filepath.Glob(filepath.Join(root, "cmd", tc.dir, "*.go")); len(gos) == 0 {
+				t.Skipf("cmd/%s has no Go files yet", tc.dir)
+			}
+			bin := tc.build(t)
+			fi, err := os.Stat(bin)
+			if err != nil || fi.Mode()&0o111 == 0 {
+				t.Fatalf("built binary %s: %v", bin, err)
+			}
+			if again := tc.build(t); again != bin {
+				t.Errorf("second build gave %s, want the cached %s", again, bin)
+			}
+		})
 	}
 }
 

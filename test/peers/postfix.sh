@@ -4,6 +4,7 @@
 # Usage: test/peers/postfix.sh start DIR PORT
 #        test/peers/postfix.sh stop DIR [PORT]
 #        test/peers/postfix.sh status DIR [PORT]
+# (PORT may be omitted when DIR was started before: start saves it in DIR/port.)
 #
 # Everything lives under DIR (config, queue, data, TLS key, log, Maildir), so
 # several instances with different DIR and PORT run side by side; nothing in
@@ -37,7 +38,7 @@ HOSTNAME_FQ=peers.localdomain
 
 say() { printf '[postfix] %s\n' "$*"; }
 die() { printf '[postfix] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,6p' "$0" >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" >&2; exit 2; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 [ -n "$CMD" ] && [ -n "$D" ] || usage

@@ -1,0 +1,305 @@
+// Package bench measures smtp-gated against a direct connection to the
+// same MTA, in the same run: `make bench`. The MTA is a fast sink
+// (test/sinkmta) so that the proxy, not the MTA, is what is measured.
+// Figures are reported as benchmark metrics; nothing here is a timed test.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"smtp-gated/test/harness"
+	"smtp-gated/test/sinkmta"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// rig is a sink MTA and a daemon relaying to it.
+type rig struct {
+	sink   *sinkmta.Sink
+	daemon *harness.Daemon
+	proxy  string
+}
+
+func newRig(b *testing.B, extra ...string) *rig {
+	b.Helper()
+	sink, err := sinkmta.Start("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sink.Close() })
+	_, sport, _ := net.SplitHostPort(sink.Addr())
+	dir, err := os.MkdirTemp("", "sgb-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	port := harness.FreePort(b)
+	cfg := fmt.Sprintf(`mode fixed
+fixed_server 127.0.0.1
+fixed_server_port %s
+bind_address 127.0.0.1
+port %d
+pidfile %s/pid
+control_socket %s/ctl.sock
+statefile %s/state
+max_connections 5000
+max_per_host 0
+connect_queue 1024
+log_level info
+%s
+`, sport, port, dir, dir, dir, strings.Join(extra, "\n"))
+	d := harness.StartDaemon(b, cfg)
+	return &rig{sink: sink, daemon: d, proxy: fmt.Sprintf("127.0.0.1:%d", port)}
+}
+
+// client is a minimal, fast SMTP client for load.
+type client struct {
+	c net.Conn
+	r *bufio.Reader
+	w *bufio.Writer
+}
+
+func dial(addr string) (*client, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(120 * time.Second))
+	cl := &client{c: c, r: bufio.NewReaderSize(c, 4096), w: bufio.NewWriterSize(c, 64*1024)}
+	if err := cl.expect(220); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return cl, nil
+}
+
+// expect reads one (possibly multi-line) reply.
+func (cl *client) expect(code int) error {
+	for {
+		line, err := cl.r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) < 4 || line[:3] != strconv.Itoa(code) {
+			return fmt.Errorf("got %q, want %d", strings.TrimSpace(line), code)
+		}
+		if line[3] == ' ' {
+			return nil
+		}
+	}
+}
+
+func (cl *client) cmd(line string, code int) error {
+	cl.w.WriteString(line + "\r\n")
+	if err := cl.w.Flush(); err != nil {
+		return err
+	}
+	return cl.expect(code)
+}
+
+// mail sends one pipelined transaction; data is already dot-stuffed and
+// ends with ".\r\n".
+func (cl *client) mail(data []byte) error {
+	cl.w.WriteString("MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.org>\r\nDATA\r\n")
+	if err := cl.w.Flush(); err != nil {
+		return err
+	}
+	for _, c := range []int{250, 250, 354} {
+		if err := cl.expect(c); err != nil {
+			return err
+		}
+	}
+	cl.w.Write(data)
+	if err := cl.w.Flush(); err != nil {
+		return err
+	}
+	return cl.expect(250)
+}
+
+// payload is a dot-stuffed message of about size bytes.
+func payload(size int) []byte {
+	var b bytes.Buffer
+	b.WriteString("From: <bench@example.com>\r\nTo: <sink@example.org>\r\nSubject: bench\r\n\r\n")
+	line := strings.Repeat("0123456789abcdefghij", 3) + "..\r\n"
+	for b.Len() < size {
+		b.WriteString(line)
+	}
+	b.WriteString(".\r\n")
+	return b.Bytes()
+}
+
+// run starts workers goroutines running job and returns the wall time.
+func run(b *testing.B, workers int, job func(w int) error) time.Duration {
+	b.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	start := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := job(w); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return d
+}
+
+// throughput: 20 concurrent sessions, each sending messages of 100 KiB.
+func throughput(b *testing.B, addr string, sessions, perSession int, data []byte) (msgsPerSec, mbPerSec float64) {
+	d := run(b, sessions, func(int) error {
+		cl, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer cl.c.Close()
+		if err := cl.cmd("EHLO bench.test", 250); err != nil {
+			return err
+		}
+		for range perSession {
+			if err := cl.mail(data); err != nil {
+				return err
+			}
+		}
+		return cl.cmd("QUIT", 221)
+	})
+	n := float64(sessions * perSession)
+	return n / d.Seconds(), n * float64(len(data)) / d.Seconds() / 1e6
+}
+
+func BenchmarkThroughput100KiB(b *testing.B) {
+	r := newRig(b)
+	data := payload(100 * 1024)
+	for range b.N {
+		d, p := compare(b, r, func(addr string) float64 {
+			_, mb := throughput(b, addr, 20, 100, data)
+			return mb
+		})
+		b.ReportMetric(d, "direct-MB/s")
+		b.ReportMetric(p, "proxy-MB/s")
+		b.ReportMetric(d/float64(len(data))*1e6, "direct-msgs/s")
+		b.ReportMetric(p/float64(len(data))*1e6, "proxy-msgs/s")
+		b.ReportMetric(p/d, "ratio-MB/s")
+	}
+}
+
+// compare measures f against the sink directly and through the proxy:
+// one warm-up run each, then three alternating runs; it returns the
+// medians.
+func compare(b *testing.B, r *rig, f func(addr string) float64) (direct, proxy float64) {
+	f(r.sink.Addr())
+	f(r.proxy)
+	var ds, ps []float64
+	for range 3 {
+		ds = append(ds, f(r.sink.Addr()))
+		ps = append(ps, f(r.proxy))
+	}
+	b.Logf("direct %.1f, proxy %.1f", ds, ps)
+	return median(ds), median(ps)
+}
+
+func median(v []float64) float64 {
+	s := append([]float64{}, v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// sessions: concurrent clients each opening short sessions with one 4 KiB
+// message.
+func sessions(b *testing.B, addr string, workers, perWorker int, data []byte) float64 {
+	d := run(b, workers, func(int) error {
+		for range perWorker {
+			cl, err := dial(addr)
+			if err != nil {
+				return err
+			}
+			err = cl.cmd("EHLO bench.test", 250)
+			if err == nil {
+				err = cl.mail(data)
+			}
+			if err == nil {
+				err = cl.cmd("QUIT", 221)
+			}
+			cl.c.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return float64(workers*perWorker) / d.Seconds()
+}
+
+func BenchmarkSessions4KiB(b *testing.B) {
+	r := newRig(b)
+	data := payload(4 * 1024)
+	for range b.N {
+		ds, ps := compare(b, r, func(addr string) float64 { return sessions(b, addr, 200, 10, data) })
+		b.ReportMetric(ds, "direct-sessions/s")
+		b.ReportMetric(ps, "proxy-sessions/s")
+		b.ReportMetric(ps/ds, "ratio-sessions/s")
+	}
+}
+
+// rss sums VmRSS (KiB) of pid and its children.
+func rss(b *testing.B, pid int) int {
+	total := 0
+	for _, p := range append([]int{pid}, harness.ChildPids(pid)...) {
+		s, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, line := range strings.Split(string(s), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+				total += kb
+			}
+		}
+	}
+	return total
+}
+
+// BenchmarkIdleSessions: the memory of all the daemon's processes with
+// 1,000 sessions open and idle (greeted, after EHLO).
+func BenchmarkIdleSessions(b *testing.B) {
+	const n = 1000
+	r := newRig(b)
+	for range b.N {
+		before := rss(b, r.daemon.Pid())
+		var open []*client
+		for range n {
+			cl, err := dial(r.proxy)
+			if err == nil {
+				err = cl.cmd("EHLO bench.test", 250)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			open = append(open, cl)
+		}
+		after := rss(b, r.daemon.Pid())
+		b.ReportMetric(float64(before), "rss-KiB-before")
+		b.ReportMetric(float64(after), "rss-KiB-1000-idle")
+		b.ReportMetric(float64(after-before)/n, "KiB/idle-session")
+		for _, cl := range open {
+			cl.c.Close()
+		}
+	}
+}
