@@ -5,8 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
