@@ -33,11 +33,11 @@ func (p *pipe) close() {
 	unix.Close(p.w)
 }
 
-// moveBurst moves what src has now to dst, splicing through a pipe. It
+// moreBurst moves what src has now to dst, splicing through a pipe. It
 // waits for dst to take the bytes (bounded by dst's write deadline) but
 // not for src to produce more: it returns once src has nothing more for
 // the moment (eof when src ended).
-func moveBurst(src, dst syscall.RawConn) (moved int64, eof bool, err error) {
+func moreBurst(src, dst syscall.RawConn) (moved int64, eof bool, err error) {
 	p, _ := pipePool.Get().(*pipe)
 	if p == nil {
 		return copyBurst(src, dst)

@@ -5,12 +5,18 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
+
+// relayBuf is the buffer one read borrows from the pool.
+const relayBuf = 16 * 1024
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, relayBuf); return &b }}
 
 // writeError is a failed write to the other side.
 type writeError struct{ err error }
@@ -53,32 +59,14 @@ func relay(client, server *net.TCPConn, idle time.Duration) (by string, cliRx, s
 	return by, fromClient.Load(), fromServer.Load()
 }
 
-// waitReadable waits, without reading, until src has data, has reached
-// its end, or its read deadline passes. An idle session waits here holding
-// no buffer.
-func waitReadable(rc syscall.RawConn) error {
-	var one [1]byte
-	var perr error
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			_, _, perr = unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			if perr != unix.EINTR {
-				break
-			}
-		}
-		return perr != unix.EAGAIN
-	})
-	if err != nil {
-		return err
-	}
-	// A pending error (a reset) is for the read that follows to report.
-	return nil
-}
-
 // pump moves src to dst until src ends. It returns io.EOF when src
 // closed, errIdle when nothing moved either way for idle, a writeError
-// when dst failed, or the read error. How bytes move is per system
-// (pump_*.go): spliced in the kernel where it can, copied elsewhere.
+// when dst failed, or the read error.
+//
+// Small bursts, the SMTP dialogue itself, are copied through a buffer
+// that is taken from a pool only once src is readable, so an idle session
+// holds no buffer. A burst that fills the buffer is bulk data: the rest of
+// it is moved by moreBurst (pump_*.go), spliced in the kernel on Linux.
 func pump(src, dst *net.TCPConn, count *atomic.Uint64, last *atomic.Int64, idle time.Duration) error {
 	srcRC, err := src.SyscallConn()
 	if err != nil {
@@ -90,7 +78,25 @@ func pump(src, dst *net.TCPConn, count *atomic.Uint64, last *atomic.Int64, idle 
 	}
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
-		if err := waitReadable(srcRC); err != nil {
+		var bp *[]byte
+		var n int
+		var rerr error
+		err := srcRC.Read(func(fd uintptr) bool {
+			bp = bufPool.Get().(*[]byte)
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				bufPool.Put(bp)
+				bp = nil
+				return false
+			}
+			return true
+		})
+		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if time.Since(time.Unix(0, last.Load())) < idle {
 					continue // the other direction is busy
@@ -99,10 +105,28 @@ func pump(src, dst *net.TCPConn, count *atomic.Uint64, last *atomic.Int64, idle 
 			}
 			return err
 		}
+		if rerr != nil || n == 0 {
+			bufPool.Put(bp)
+			if rerr != nil {
+				return rerr
+			}
+			return io.EOF
+		}
 		dst.SetWriteDeadline(time.Now().Add(idle))
-		n, eof, err := moveBurst(srcRC, dstRC)
-		if n > 0 {
-			count.Add(uint64(n))
+		werr := writeAll(dstRC, (*bp)[:n])
+		full := n == len(*bp)
+		bufPool.Put(bp)
+		count.Add(uint64(n))
+		last.Store(time.Now().UnixNano())
+		if werr != nil {
+			return werr
+		}
+		if !full {
+			continue
+		}
+		more, eof, err := moreBurst(srcRC, dstRC)
+		if more > 0 {
+			count.Add(uint64(more))
 			last.Store(time.Now().UnixNano())
 		}
 		if err != nil {
@@ -112,4 +136,30 @@ func pump(src, dst *net.TCPConn, count *atomic.Uint64, last *atomic.Int64, idle 
 			return io.EOF
 		}
 	}
+}
+
+// writeAll writes b to dst, waiting for dst (bounded by its write
+// deadline). A failure is a writeError.
+func writeAll(dst syscall.RawConn, b []byte) error {
+	for len(b) > 0 {
+		var m int
+		var werr error
+		err := dst.Write(func(fd uintptr) bool {
+			for {
+				m, werr = unix.Write(int(fd), b)
+				if werr != unix.EINTR {
+					break
+				}
+			}
+			return werr != unix.EAGAIN
+		})
+		if err == nil {
+			err = werr
+		}
+		if err != nil {
+			return writeError{err}
+		}
+		b = b[m:]
+	}
+	return nil
 }
