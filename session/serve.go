@@ -80,8 +80,7 @@ func (w *worker) serve(ns *ipc.NewSession, f *os.File) {
 	}
 	defer server.Close()
 	w.log.Debugf("[%d] connected to %v", c.id, c.dst)
-	idle := time.Duration(c.cfg.TimeoutIdle) * time.Second
-	c.by, c.cliRx, c.srvRx = relay(c.client, server, idle)
+	newEngine(w, c, server).run()
 }
 
 // finish logs the CLOSE line and tells master.

@@ -10,6 +10,7 @@ import (
 	"smtp-gated/internal/child"
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
+	"smtp-gated/internal/priv"
 	"smtp-gated/ipc"
 )
 
@@ -19,8 +20,10 @@ type worker struct {
 	log    *logx.Logger
 	cfg    atomic.Pointer[config.Config]
 	master *ipc.Peer
-	lookup atomic.Pointer[ipc.Peer]
-	wg     sync.WaitGroup
+	lookup  atomic.Pointer[ipc.Peer]
+	scanner atomic.Pointer[ipc.Peer]
+	wg      sync.WaitGroup
+	spool   *spool
 }
 
 // Run serves until master closes the link. A session worker is always
@@ -31,6 +34,14 @@ func Run(env *child.Env) error {
 	dir := env.Cfg.ChrootPath
 	if dir == "" {
 		dir = env.Hello.EmptyDir
+	}
+	uid, gid := -1, -1
+	if id, err := priv.Resolve(env.Cfg.SetUser, env.Cfg.SetGroup); err == nil {
+		uid, gid = id.UID, id.GID
+	}
+	w.spool = openSpool(env.Cfg.SpoolPath, env.Cfg.SpoolPerm, uid, gid)
+	if w.spool.err != nil {
+		w.log.Errf("%v: messages cannot be scanned and will be refused", w.spool.err)
 	}
 	if err := env.Drop(dir); err != nil {
 		return err
@@ -60,20 +71,26 @@ func (w *worker) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	case *ipc.PeerLink:
 		f := m.TakeFile(0)
 		defer f.Close()
-		if v.Role != ipc.RoleLookup {
+		var slot *atomic.Pointer[ipc.Peer]
+		switch v.Role {
+		case ipc.RoleLookup:
+			slot = &w.lookup
+		case ipc.RoleScanner:
+			slot = &w.scanner
+		default:
 			w.env.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
 		}
 		conn, err := ipc.NewConn(f)
 		if err != nil {
-			w.env.Fatalf("link to lookup: %v", err)
+			w.env.Fatalf("link to %s: %v", v.Role, err)
 		}
-		lp := ipc.NewPeer(conn, "lookup", w.fromLookup)
-		if old := w.lookup.Swap(lp); old != nil {
+		lp := ipc.NewPeer(conn, v.Role, w.fromService)
+		if old := slot.Swap(lp); old != nil {
 			old.Close()
 		}
 		go func() {
-			if err := lp.Run(); err != nil && w.lookup.Load() == lp {
-				w.log.Warningf("link to lookup: %v", err)
+			if err := lp.Run(); err != nil && slot.Load() == lp {
+				w.log.Warningf("link to %s: %v", v.Role, err)
 			}
 			lp.Close()
 		}()
@@ -83,10 +100,10 @@ func (w *worker) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	}
 }
 
-// fromLookup receives what lookup sends other than replies: nothing is
-// expected, so the link is dropped (master restarts lookup if it is sick).
-func (w *worker) fromLookup(p *ipc.Peer, m *ipc.Msg) {
+// fromService receives what lookup or scanner send other than replies:
+// nothing is expected, so the link is dropped.
+func (w *worker) fromService(p *ipc.Peer, m *ipc.Msg) {
 	m.Close()
-	w.log.Errf("unexpected %v from lookup: closing the link", m.Type)
+	w.log.Errf("unexpected %v from %s: closing the link", m.Type, p.Name)
 	p.Close()
 }

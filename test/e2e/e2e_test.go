@@ -48,7 +48,7 @@ proxy_name test-proxy
 pidfile %s/smtp-gated.pid
 control_socket %s/control.sock
 statefile %s/state
-spool_path %s
+spool_path %s/spool
 lock_path %s
 ratelimit_path %s
 log_level debug
@@ -150,7 +150,7 @@ func TestRelayToPostfix(t *testing.T) {
 	if len(news) != 20 {
 		t.Errorf("%d NEW lines, want 20", len(news))
 	}
-	d.WaitLog(t, regexp.MustCompile(`CLOSE by=(server|client), rcv=\d+/\d+.*id=20$`), 10e9)
+	d.WaitLog(t, regexp.MustCompile(`CLOSE by=(quit|server|client), rcv=\d+/\d+.*id=20$`), 10e9)
 	if n := len(matching(d, regexp.MustCompile(`CLOSE by=`))); n != 20 {
 		t.Errorf("%d CLOSE lines, want 20", n)
 	}

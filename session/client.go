@@ -1,0 +1,220 @@
+package session
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"time"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/smtp"
+)
+
+// errDirect ends the SMTP-aware part of a session: from here bytes pass
+// untouched (after STARTTLS, or AUTH with auth_skip direct).
+var errDirect = errors.New("direct")
+
+// clientLoop reads the client's commands until the session ends. It
+// returns errTakeover or errDirect when the session changes mode, nil or
+// an error when it ends.
+func (e *engine) clientLoop(idle time.Duration) error {
+	for {
+		e.cli.SetReadDeadline(time.Now().Add(idle))
+		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
+		if err != nil {
+			e.clientEnded(err)
+			return err
+		}
+		if tooLong {
+			e.log.Noticef("[%d] command line over %d bytes refused", e.c.id, e.maxLine())
+			e.local("", 500, "5.5.2", e.cfg.MsgProtoError)
+			continue
+		}
+		cmd := smtp.ParseCommand(line)
+		if err := e.command(cmd, line); err != nil {
+			return err
+		}
+	}
+}
+
+// clientEnded records why reading the client stopped.
+func (e *engine) clientEnded(err error) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		e.setBy("idle")
+	default:
+		e.setBy("client")
+	}
+}
+
+// command handles one command line from the client.
+func (e *engine) command(cmd smtp.Command, line []byte) error {
+	cfg := e.cfg
+	skipRegex := e.authed && cfg.AuthSkip.Has(config.AuthSkipRegex)
+	switch cmd.Verb {
+	case "HELO", "EHLO":
+		if cfg.LogHelo {
+			e.log.Infof("[%d] %s %s", e.c.id, cmd.Verb, cmd.Arg)
+		}
+		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
+			e.log.Noticef("[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
+			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexHelo)
+			return nil
+		}
+		e.helo = cmd.Arg
+	case "MAIL":
+		addr, _, _ := smtp.Path(cmd.Arg, "FROM:")
+		if e.authRequired() {
+			e.local(cmd.Verb, 530, "5.7.0", cfg.MsgAuthRequired)
+			return nil
+		}
+		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
+			e.log.Noticef("[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
+			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexMailFrom)
+			return nil
+		}
+		e.from = addr
+	case "RCPT":
+		addr, _, _ := smtp.Path(cmd.Arg, "TO:")
+		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
+			e.log.Noticef("[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
+			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexRcptTo)
+			return nil
+		}
+	case "BDAT", "XEXCH50":
+		// CHUNKING and XEXCH50 are hidden from the client: the proxy
+		// could not hold back the end of a chunked message.
+		e.local(cmd.Verb, 502, "5.5.2", cfg.MsgUnimplCommand)
+		return nil
+	case "XCLIENT":
+		if cfg.Mode == config.ModeFixedXclient {
+			e.local(cmd.Verb, 502, "5.5.2", cfg.MsgUnimplCommand)
+			return nil
+		}
+	case "STARTTLS":
+		if cfg.ForbidStarttls {
+			e.local(cmd.Verb, 502, "5.5.2", cfg.MsgUnimplCommand)
+			return nil
+		}
+		return e.startTLS(line)
+	case "AUTH":
+		return e.auth(line)
+	case "DATA":
+		return e.data(line)
+	}
+	_, err := e.send(cmd.Verb, cmd.Arg, line, nil)
+	return err
+}
+
+// refused applies a pair of regex_enforce_* / regex_reject_* patterns.
+func refused(enforce, reject *regexp.Regexp, s string) bool {
+	return (enforce != nil && !enforce.MatchString(s)) || (reject != nil && reject.MatchString(s))
+}
+
+// authRequired reports whether auth_require stops a MAIL FROM now.
+func (e *engine) authRequired() bool {
+	if e.authed {
+		return false
+	}
+	switch e.cfg.AuthRequire {
+	case config.AuthMandatory:
+		return true
+	case config.AuthIfSupported:
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.ext.Auth
+	}
+	return false
+}
+
+// send forwards a command line to the MTA and queues it. When the number
+// of commands awaiting the MTA reaches pipeline_size, the command is
+// answered by the proxy instead, in its turn, and not forwarded: the
+// client learns it must slow down and the dialogue stays in step.
+func (e *engine) send(verb, arg string, line []byte, done chan struct{}) (*pending, error) {
+	p := &pending{verb: verb, arg: arg, done: done}
+	e.mu.Lock()
+	full := e.cfg.PipelineSize > 0 && uint64(e.forward) >= e.cfg.PipelineSize
+	e.mu.Unlock()
+	if full {
+		e.log.Noticef("[%d] pipeline full (%d commands outstanding): %s refused", e.c.id, e.cfg.PipelineSize, verb)
+		p.local = e.reply(451, "4.5.3", e.cfg.MsgPipelineFull)
+		e.enqueue(p)
+		return p, nil
+	}
+	e.enqueue(p)
+	e.srv.SetWriteDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+	if _, err := e.srv.Write(line); err != nil {
+		e.setBy("server")
+		return nil, err
+	}
+	return p, nil
+}
+
+// exchange sends one command and waits until its reply went to the
+// client.
+func (e *engine) exchange(verb, arg string, line []byte) (*pending, error) {
+	done := make(chan struct{})
+	p, err := e.send(verb, arg, line, done)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-done:
+		return p, nil
+	case <-e.srvDone:
+		select {
+		case <-done: // the reply that made the MTA side stop (STARTTLS)
+			return p, nil
+		default:
+		}
+		return nil, io.EOF
+	case <-time.After(time.Duration(e.cfg.TimeoutIdle) * time.Second):
+		e.setBy("idle")
+		return nil, os.ErrDeadlineExceeded
+	}
+}
+
+// startTLS forwards STARTTLS. If the MTA agrees, the session becomes a
+// direct proxy: the proxy cannot read what follows.
+func (e *engine) startTLS(line []byte) error {
+	p, err := e.exchange("STARTTLS", "", line)
+	if err != nil {
+		return err
+	}
+	if p.reply != nil && p.reply.Code == 220 {
+		return errDirect
+	}
+	return nil
+}
+
+// auth forwards AUTH and the client's answers to the MTA's challenges
+// (334), which are not commands.
+func (e *engine) auth(line []byte) error {
+	for {
+		p, err := e.exchange("AUTH", "", line)
+		if err != nil {
+			return err
+		}
+		if p.reply == nil || p.reply.Code != 334 {
+			if p.reply != nil && p.reply.Code == 235 && e.cfg.AuthSkip.Has(config.AuthSkipDirect) {
+				return errDirect
+			}
+			return nil
+		}
+		e.cli.SetReadDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+		var tooLong bool
+		line, tooLong, err = smtp.ReadLine(e.cr, max(e.maxLine(), 16384))
+		if err != nil {
+			e.clientEnded(err)
+			return err
+		}
+		if tooLong {
+			// Cancel the exchange: "*" is the client's way to do it.
+			line = []byte("*\r\n")
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/smtp"
+	"smtp-gated/ipc"
+)
+
+// data handles DATA: forwarded; if the MTA says 354, the message follows.
+func (e *engine) data(line []byte) error {
+	p, err := e.exchange("DATA", "", line)
+	if err != nil {
+		return err
+	}
+	if p.reply == nil || p.reply.Code != 354 {
+		return nil
+	}
+	return e.message()
+}
+
+// natHeader is the header the proxy adds at the top of the message it
+// sends to the MTA (not to the spool), per nat_header_type.
+func (e *engine) natHeader() []byte {
+	c, cfg := e.c, e.cfg
+	switch cfg.NatHeaderType {
+	case config.NatHeaderIPOnly:
+		return fmt.Appendf(nil, "%s: %s\r\n", cfg.NatHeader, c.src.Addr().Unmap())
+	case config.NatHeaderGeneric:
+		ident := "[ident-empty]"
+		if c.ident != "" {
+			ident = "[ident " + c.ident + "]"
+		}
+		h := fmt.Appendf(nil, "%s: from [%s]:%d %s\r\n\tby %s with TPROXY id %d.%d\r\n",
+			cfg.NatHeader, c.src.Addr().Unmap(), c.src.Port(), ident, e.name, c.start.Unix(), c.id)
+		if cfg.Abuse != "" {
+			h = fmt.Appendf(h, "\tabuse-to %s\r\n", cfg.Abuse)
+		}
+		return h
+	}
+	return nil
+}
+
+// message streams the message to the MTA and to the spool file as it
+// arrives, and holds back the final dot until the scanner's verdict.
+func (e *engine) message() error {
+	cfg := e.cfg
+	idle := time.Duration(cfg.TimeoutIdle) * time.Second
+	e.srv.SetWriteDeadline(time.Now().Add(idle))
+	var fwdErr error
+	if h := e.natHeader(); h != nil {
+		_, fwdErr = e.srv.Write(h)
+	}
+	sp, spErr := e.w.spool.create(e.c)
+	if spErr != nil {
+		e.log.Errf("[%d] spool: %v", e.c.id, spErr)
+	}
+	var f smtp.DataFilter
+	oversize := false
+	for {
+		e.cli.SetReadDeadline(time.Now().Add(idle))
+		if e.cr.Buffered() == 0 {
+			if _, err := e.cr.Peek(1); err != nil {
+				e.clientEnded(err)
+				sp.remove()
+				return err
+			}
+		}
+		buf, _ := e.cr.Peek(e.cr.Buffered())
+		fwd, spool, n, done := f.Feed(buf)
+		if !oversize {
+			if fwdErr == nil && len(fwd) > 0 {
+				e.srv.SetWriteDeadline(time.Now().Add(idle))
+				_, fwdErr = e.srv.Write(fwd)
+			}
+			sp.write(spool)
+			if cfg.SizeLimit > 0 && uint64(f.Size()) > cfg.SizeLimit {
+				// Over the limit: the MTA is dropped now, before it can
+				// see an end; the rest of the message is read and let go.
+				oversize = true
+				e.closeMTA()
+				e.log.Noticef("[%d] message over size_limit %d: MTA connection closed", e.c.id, cfg.SizeLimit)
+			}
+		}
+		e.cr.Discard(n)
+		if done {
+			break
+		}
+	}
+	size := f.Size()
+	switch {
+	case oversize:
+		sp.remove()
+		e.setBy("size")
+		e.local(".", 552, "5.3.4", cfg.MsgSizeLimit)
+		return errTakeover
+	case fwdErr != nil:
+		// The MTA went away during the message: it has no end of it, so
+		// nothing was accepted. The server side ends the session.
+		e.log.Warningf("[%d] sending the message to the MTA: %v", e.c.id, fwdErr)
+		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
+		return fwdErr
+	case sp.err != nil:
+		e.log.Errf("[%d] spool %s: %v", e.c.id, sp.name, sp.err)
+		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
+		e.setBy("spool")
+		e.local(".", 451, "4.3.0", cfg.MsgSpoolProblem)
+		return errTakeover
+	}
+	start := time.Now()
+	v := e.scan(sp, size)
+	e.log.Infof("[%d] message %d: %d bytes, verdict %s%s (%v)", e.c.id, e.c.trns, size, v.Kind, verdictDetail(v), time.Since(start).Round(time.Millisecond))
+	switch v.Kind {
+	case ipc.VerdictClean:
+		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
+		return e.release()
+	case ipc.VerdictVirus:
+		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveVirus) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
+		e.setBy("virus")
+		name := v.Name
+		if name == "" {
+			name = cfg.MsgUnknownVirus
+		}
+		e.closeMTA()
+		e.local(".", 550, "5.7.1", cfg.MsgVirusFound+": "+name)
+		return errTakeover
+	case ipc.VerdictSpam:
+		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveSpam) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
+		e.setBy("spam")
+		e.closeMTA()
+		e.local(".", 550, "5.7.1", fmt.Sprintf("%s (score %.1f)", cfg.MsgSpamFound, v.Score))
+		return errTakeover
+	}
+	// The scanner failed.
+	sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
+	if cfg.IgnoreErrors {
+		e.log.Warningf("[%d] scanner failed (%s): passing the message as ignore_errors says", e.c.id, v.Err)
+		return e.release()
+	}
+	e.setBy("scanner")
+	e.closeMTA()
+	e.local(".", 451, "4.3.0", cfg.MsgScannerFailed)
+	return errTakeover
+}
+
+func verdictDetail(v *ipc.Verdict) string {
+	switch {
+	case v.Kind == ipc.VerdictVirus:
+		return " " + v.Name
+	case v.Kind == ipc.VerdictError:
+		return ": " + v.Err
+	case v.Score != 0:
+		return fmt.Sprintf(" score %.1f", v.Score)
+	}
+	return ""
+}
+
+// release sends the final dot: the MTA's reply to it goes to the client.
+func (e *engine) release() error {
+	_, err := e.send(".", "", []byte(".\r\n"), nil)
+	return err
+}
+
+// scan asks the scanner process for a verdict on the spooled message.
+func (e *engine) scan(sp *spoolFile, size int64) *ipc.Verdict {
+	cfg := e.cfg
+	skipAV := e.authed && cfg.AuthSkip.Has(config.AuthSkipAntivir)
+	skipAS := e.authed && cfg.AuthSkip.Has(config.AuthSkipAntispam)
+	var skip []string
+	if skipAV {
+		skip = append(skip, "antivir")
+	}
+	if skipAS {
+		skip = append(skip, "antispam")
+	}
+	av := cfg.AntivirusType != config.AntivirusOff && !skipAV
+	as := cfg.AntispamType != config.AntispamOff && !skipAS
+	if !av && !as {
+		return &ipc.Verdict{Kind: ipc.VerdictClean}
+	}
+	fail := func(err error) *ipc.Verdict { return &ipc.Verdict{Kind: ipc.VerdictError, Err: err.Error()} }
+	peer := e.w.scanner.Load()
+	if peer == nil {
+		return fail(errors.New("the scanner process is not available"))
+	}
+	f, err := sp.reopen()
+	if err != nil {
+		return fail(err)
+	}
+	defer f.Close()
+	wait := time.Duration(cfg.TimeoutScanner+cfg.TimeoutSpam)*time.Second + 5*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	req := &ipc.Scan{SessionID: e.c.id, Transaction: e.c.trns, Size: size, Client: e.c.src, Skip: skip}
+	var m *ipc.Msg
+	var cerr error
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fail(err)
+	}
+	if err := rc.Control(func(fd uintptr) { m, cerr = peer.Call(ctx, ipc.MsgScan, req, ipc.MsgVerdict, int(fd)) }); err != nil {
+		return fail(err)
+	}
+	if cerr != nil {
+		return fail(fmt.Errorf("scanner process: %w", cerr))
+	}
+	return m.Payload.(*ipc.Verdict)
+}
+
+// reopen opens the spool file again, read-only, for the scanner: a
+// descriptor of its own, with its own offset.
+func (sp *spoolFile) reopen() (*os.File, error) {
+	if sp == nil || sp.root == nil {
+		return nil, errors.New("no spool file")
+	}
+	return sp.root.Open(sp.name)
+}

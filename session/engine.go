@@ -1,0 +1,445 @@
+package session
+
+import (
+	"bufio"
+	"crypto/md5"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
+	"smtp-gated/internal/smtp"
+)
+
+// The SMTP engine of one session. The client's commands are read on the
+// session's goroutine; the MTA's replies on a second one. Every command
+// the client sends takes its place in one queue, whether it goes to the
+// MTA or the proxy answers it itself, and replies leave the queue in the
+// order the commands came: that is what keeps a pipelined dialogue in
+// step. The proxy never answers for the MTA what the MTA must answer: a
+// 250 to a message comes only from the MTA.
+
+// Auth flags, as in the CLOSE line and the action script.
+const (
+	authAdvertised = 1
+	authAccepted   = 2
+	authRejected   = 4
+)
+
+// pending is one command waiting for its reply.
+type pending struct {
+	verb  string
+	arg   string
+	local []byte      // the proxy's own reply, when the command is not forwarded
+	reply *smtp.Reply // the MTA's reply, once it came
+	done  chan struct{}
+}
+
+// engine is the state of one SMTP session between a client and the MTA.
+type engine struct {
+	w    *worker
+	c    *conn
+	cfg  *config.Config
+	log  *logx.Logger
+	name string
+
+	cli *net.TCPConn
+	cr  *bufio.Reader
+	srv *net.TCPConn
+	sr  *bufio.Reader
+
+	mu      sync.Mutex
+	cw      *bufio.Writer // to the client; written under mu
+	queue   []*pending
+	forward int  // commands in the queue awaiting the MTA
+	ext     smtp.Extensions
+	authed  bool
+	direct  bool // switch to direct relay once the queue is flushed
+	mtaGone bool // the MTA connection was closed on purpose
+	ended   bool
+	helo    string
+	from    string
+	inTrans bool
+	srvDone chan struct{} // closed when serverLoop has returned
+}
+
+// errTakeover ends the relayed part of a session: the proxy talks to the
+// client alone from here.
+var errTakeover = errors.New("takeover")
+
+func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
+	cfg := c.cfg
+	bufSize := int(cfg.BufferSize)
+	if bufSize < 512 {
+		bufSize = 512
+	}
+	return &engine{
+		w: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
+		cli: c.client, cr: bufio.NewReaderSize(counter{c.client, &c.cliRx}, max(bufSize, 4096)),
+		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
+		cw:     bufio.NewWriterSize(c.client, 4096),
+		srvDone: make(chan struct{}),
+	}
+}
+
+// maxLine is the longest command line accepted from the client.
+func (e *engine) maxLine() int {
+	if e.cfg.BufferSize < 512 {
+		return 512
+	}
+	return int(e.cfg.BufferSize)
+}
+
+// reply formats a reply of the proxy's own. The enhanced code is given
+// only when the MTA advertised ENHANCEDSTATUSCODES.
+func (e *engine) reply(code int, enhanced, text string) []byte {
+	if !e.ext.Enhanced {
+		enhanced = ""
+	}
+	return smtp.FormatReply(code, enhanced, e.name, text)
+}
+
+// setBy records what ended the session; the first cause wins.
+func (e *engine) setBy(by string) {
+	e.mu.Lock()
+	if !e.ended {
+		e.ended = true
+		e.c.by = by
+	}
+	e.mu.Unlock()
+}
+
+// run drives the session after the connection to the MTA is made.
+func (e *engine) run() {
+	idle := time.Duration(e.cfg.TimeoutIdle) * time.Second
+	if !e.greet(idle) {
+		return
+	}
+	go e.serverLoop(idle)
+	err := e.clientLoop(idle)
+	switch {
+	case errors.Is(err, errTakeover):
+		e.closeMTA()
+		e.takeover()
+	case errors.Is(err, errDirect):
+		e.goDirect()
+	}
+	e.closeMTA()
+	e.cli.Close()
+	<-e.srvDone
+}
+
+// closeMTA drops the MTA connection on purpose (the MTA discards a
+// transaction whose final dot it never got).
+func (e *engine) closeMTA() {
+	e.mu.Lock()
+	e.mtaGone = true
+	e.mu.Unlock()
+	e.srv.Close()
+}
+
+// greet reads the MTA's greeting (after the XCLIENT dialogue in
+// fixed+xclient mode), refuses an early talker, and relays the greeting.
+func (e *engine) greet(idle time.Duration) bool {
+	e.srv.SetReadDeadline(time.Now().Add(idle))
+	if e.cfg.Mode == config.ModeFixedXclient {
+		r, ok := e.xclient()
+		if !ok {
+			return false
+		}
+		return e.relayGreeting(r)
+	}
+	r, err := smtp.ReadReply(e.sr, 4096)
+	if err != nil {
+		e.setBy("server")
+		e.log.Warningf("[%d] no greeting from the MTA: %v", e.c.id, err)
+		e.cw.Write(e.reply(421, "4.4.2", e.cfg.MsgCannotConnect))
+		e.cw.Flush()
+		return false
+	}
+	return e.relayGreeting(r)
+}
+
+func (e *engine) relayGreeting(r *smtp.Reply) bool {
+	if e.cfg.Earlytalker && e.clientTalked() {
+		e.setBy("earlytalker")
+		e.log.Noticef("[%d] earlytalker: %v sent data before the greeting", e.c.id, e.c.src)
+		e.closeMTA()
+		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
+		e.cw.Flush()
+		return false
+	}
+	e.cw.Write(r.Raw())
+	if err := e.cw.Flush(); err != nil {
+		e.setBy("client")
+		return false
+	}
+	return true
+}
+
+// clientTalked reports whether the client has sent anything yet. Like
+// Postfix's postscreen pregreet test, but without a greeting of its own:
+// the MTA's own greeting delay is the window, and the bytes stay queued
+// for the session if the client is innocent.
+func (e *engine) clientTalked() bool {
+	if e.cr.Buffered() > 0 {
+		return true
+	}
+	rc, err := e.cli.SyscallConn()
+	if err != nil {
+		return false
+	}
+	talked := false
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		talked = err == nil && n > 0
+	})
+	return talked
+}
+
+// xclient is the start-up dialogue of fixed+xclient mode: the proxy
+// introduces the client to the MTA, and the MTA's greeting after XCLIENT
+// is the one the client gets.
+func (e *engine) xclient() (*smtp.Reply, bool) {
+	fail := func(why string) (*smtp.Reply, bool) {
+		e.log.Errf("[%d] XCLIENT with the MTA failed: %s", e.c.id, why)
+		e.srv.Write([]byte("QUIT\r\n"))
+		e.closeMTA()
+		e.setBy("xclient")
+		e.cw.Write(e.reply(421, "", e.cfg.MsgFixedXclientFail))
+		e.cw.Flush()
+		return nil, false
+	}
+	r, err := smtp.ReadReply(e.sr, 4096)
+	if err != nil || r.Code != 220 || !strings.Contains(strings.ToUpper(r.Text()), "ESMTP") {
+		return fail(fmt.Sprintf("greeting %q, %v", replyText(r), err))
+	}
+	fmt.Fprintf(e.srv, "EHLO %s\r\n", e.name)
+	r, err = smtp.ReadReply(e.sr, 4096)
+	if err != nil || r.Code != 250 {
+		return fail(fmt.Sprintf("EHLO: %q, %v", replyText(r), err))
+	}
+	if ext := smtp.RewriteEHLO(r, nil); !ext.XClient {
+		return fail("the MTA does not offer XCLIENT")
+	}
+	fmt.Fprintf(e.srv, "XCLIENT ADDR=%s NAME=[UNAVAILABLE]\r\n", xclientAddr(e.c))
+	r, err = smtp.ReadReply(e.sr, 4096)
+	if err != nil || r.Code != 220 {
+		return fail(fmt.Sprintf("XCLIENT: %q, %v", replyText(r), err))
+	}
+	return r, true
+}
+
+func xclientAddr(c *conn) string {
+	a := c.src.Addr().Unmap()
+	if a.Is6() {
+		return "IPV6:" + a.String()
+	}
+	return a.String()
+}
+
+func replyText(r *smtp.Reply) string {
+	if r == nil {
+		return ""
+	}
+	return r.Text()
+}
+
+// enqueue adds a command to the queue. A command with a local reply is
+// answered as soon as everything before it is.
+func (e *engine) enqueue(p *pending) {
+	e.mu.Lock()
+	e.queue = append(e.queue, p)
+	if p.local == nil {
+		e.forward++
+	}
+	e.flushLocked()
+	e.mu.Unlock()
+}
+
+// flushLocked writes the replies at the head of the queue that are
+// known, in order. Called with e.mu held.
+func (e *engine) flushLocked() {
+	wrote := false
+	for len(e.queue) > 0 {
+		p := e.queue[0]
+		switch {
+		case p.local != nil:
+			e.cw.Write(p.local)
+		case p.reply != nil:
+			e.cw.Write(p.reply.Raw())
+		default:
+			if wrote {
+				e.flushClient()
+			}
+			return
+		}
+		wrote = true
+		e.queue = e.queue[1:]
+		if p.done != nil {
+			close(p.done)
+		}
+	}
+	if wrote {
+		e.flushClient()
+	}
+}
+
+func (e *engine) flushClient() {
+	e.cli.SetWriteDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+	e.cw.Flush()
+}
+
+// local queues the proxy's own reply to a command it does not forward.
+func (e *engine) local(verb string, code int, enhanced, text string) {
+	e.enqueue(&pending{verb: verb, local: e.reply(code, enhanced, text)})
+}
+
+// serverLoop reads the MTA's replies and gives each to the command it
+// answers.
+func (e *engine) serverLoop(idle time.Duration) {
+	defer close(e.srvDone)
+	for {
+		e.srv.SetReadDeadline(time.Now().Add(idle))
+		r, err := smtp.ReadReply(e.sr, 4096)
+		e.mu.Lock()
+		gone := e.mtaGone
+		e.mu.Unlock()
+		if gone {
+			return
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				e.log.Warningf("[%d] reading the MTA: %v", e.c.id, err)
+			}
+			e.setBy("server")
+			e.mu.Lock()
+			e.flushLocked()
+			e.mu.Unlock()
+			e.cli.Close()
+			return
+		}
+		if stop := e.answer(r); stop {
+			return
+		}
+	}
+}
+
+// answer gives reply r to the oldest command waiting for the MTA. It
+// returns true when the MTA connection leaves the SMTP dialogue (STARTTLS
+// or direct proxy after AUTH): nothing more is to be read as replies.
+func (e *engine) answer(r *smtp.Reply) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var p *pending
+	for _, q := range e.queue {
+		if q.local == nil && q.reply == nil {
+			p = q
+			break
+		}
+	}
+	if p == nil {
+		// A reply to nothing: the MTA speaking on its own, typically a
+		// 421 before it closes. The client gets it.
+		e.log.Debugf("[%d] unsolicited reply from the MTA: %q", e.c.id, r.Text())
+		e.cw.Write(r.Raw())
+		e.flushClient()
+		return false
+	}
+	stop := false
+	switch p.verb {
+	case "EHLO":
+		if r.Code == 250 {
+			hide := []string{"CHUNKING", "BINARYMIME", "XEXCH50"}
+			if e.cfg.Mode == config.ModeFixedXclient {
+				hide = append(hide, "XCLIENT")
+			}
+			e.ext = smtp.RewriteEHLO(r, hide)
+			if e.ext.Auth {
+				e.c.authFlag |= authAdvertised
+			}
+		}
+	case "MAIL":
+		if r.Code/100 == 2 {
+			e.inTrans = true
+			e.c.trns++
+		}
+		e.logAddr("MAIL FROM", e.cfg.LogMailFrom, p.arg, r)
+	case "RCPT":
+		if r.Code/100 == 2 {
+			e.c.rcpts++
+		}
+		e.logAddr("RCPT TO", e.cfg.LogRcptTo, p.arg, r)
+	case "RSET":
+		e.inTrans = false
+	case "QUIT":
+		if r.Code == 221 {
+			e.ended = true
+			e.c.by = "quit"
+		}
+	case "AUTH":
+		switch {
+		case r.Code == 235:
+			e.authed = true
+			e.c.authFlag |= authAccepted
+			if e.cfg.AuthSkip.Has(config.AuthSkipDirect) {
+				e.direct = true
+				stop = true
+			}
+		case r.Code >= 400:
+			e.c.authFlag |= authRejected
+		}
+	case "STARTTLS":
+		if r.Code == 220 {
+			e.direct = true
+			stop = true
+		}
+	}
+	p.reply = r
+	e.forward--
+	e.flushLocked()
+	return stop
+}
+
+// logAddr logs a MAIL FROM or RCPT TO address per log_mail_from or
+// log_rcpt_to.
+func (e *engine) logAddr(what string, mask config.LogAddr, arg string, r *smtp.Reply) {
+	accepted := r.Code/100 == 2
+	if !(accepted && mask.Has(config.LogAddrAccepted)) && !(!accepted && mask.Has(config.LogAddrRejected)) {
+		return
+	}
+	prefix := "FROM:"
+	if what == "RCPT TO" {
+		prefix = "TO:"
+	}
+	addr, _, _ := smtp.Path(arg, prefix)
+	if n := int(e.cfg.EmailLength); n > 0 && len(addr) > n {
+		addr = addr[:n]
+	}
+	if mask.Has(config.LogAddrBase64) {
+		sum := md5.Sum([]byte(addr))
+		addr = base64.StdEncoding.EncodeToString(sum[:])
+	}
+	e.log.Infof("[%d] %s <%s> %d", e.c.id, what, addr, r.Code)
+}
+
+// counter counts the bytes read through it.
+type counter struct {
+	r io.Reader
+	n *uint64
+}
+
+func (c counter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	*c.n += uint64(n)
+	return n, err
+}

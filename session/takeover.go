@@ -1,0 +1,78 @@
+package session
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"smtp-gated/internal/smtp"
+)
+
+// takeover is the "fake MTA" session: the MTA connection is gone, and the
+// proxy answers the client itself, refusing any new mail, until QUIT,
+// on_takeover_cmds commands, or timeout_session of silence.
+func (e *engine) takeover() {
+	cfg := e.cfg
+	say := func(code int, enhanced, text string) {
+		e.mu.Lock()
+		e.cw.Write(e.reply(code, enhanced, text))
+		e.flushClient()
+		e.mu.Unlock()
+	}
+	timeout := time.Duration(cfg.TimeoutSession) * time.Second
+	for n := 1; ; n++ {
+		e.cli.SetReadDeadline(time.Now().Add(timeout))
+		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				say(421, "4.4.2", cfg.MsgSessionTimeout)
+			}
+			return
+		}
+		if cfg.OnTakeoverCmds > 0 && uint64(n) > cfg.OnTakeoverCmds {
+			say(554, "5.5.0", cfg.MsgTransactionFailed)
+			return
+		}
+		if tooLong {
+			say(500, "5.5.2", cfg.MsgProtoError)
+			continue
+		}
+		switch smtp.ParseCommand(line).Verb {
+		case "QUIT":
+			say(221, "", cfg.MsgSignOff)
+			return
+		case "NOOP", "RSET":
+			say(250, "2.0.0", cfg.MsgVirusNoMore)
+		case "HELO", "EHLO":
+			say(250, "", cfg.MsgHello)
+		case "MAIL":
+			say(451, "4.3.2", cfg.MsgVirusNoMore)
+		case "RCPT", "DATA":
+			say(503, "5.5.1", cfg.MsgProtoError)
+		default:
+			say(502, "5.5.2", cfg.MsgUnimplCommand)
+		}
+	}
+}
+
+// goDirect turns the session into a direct proxy: bytes pass untouched
+// both ways, with timeout_direct.
+func (e *engine) goDirect() {
+	e.c.direct = true
+	// What was read ahead on either side goes first.
+	if n := e.cr.Buffered(); n > 0 {
+		b, _ := e.cr.Peek(n)
+		e.srv.Write(b)
+	}
+	if n := e.sr.Buffered(); n > 0 {
+		b, _ := e.sr.Peek(n)
+		e.cli.Write(b)
+	}
+	e.cli.SetDeadline(time.Time{})
+	e.srv.SetDeadline(time.Time{})
+	by, cli, srv := relay(e.cli, e.srv, time.Duration(e.cfg.TimeoutDirect)*time.Second)
+	e.c.cliRx += cli
+	e.c.srvRx += srv
+	e.setBy(by)
+}
