@@ -21,6 +21,14 @@ var errDirect = errors.New("direct")
 // an error when it ends.
 func (e *engine) clientLoop(idle time.Duration) error {
 	for {
+		if !more(e.cr) {
+			// Nothing more from the client for now: what was batched
+			// goes out both ways.
+			if err := e.pushServer(); err != nil {
+				return err
+			}
+			e.pushClient()
+		}
 		e.cli.SetReadDeadline(time.Now().Add(idle))
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
 		if err != nil {
@@ -146,12 +154,30 @@ func (e *engine) send(verb, arg string, line []byte, done chan struct{}) (*pendi
 		return p, nil
 	}
 	e.enqueue(p)
-	e.srv.SetWriteDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
-	if _, err := e.srv.Write(line); err != nil {
+	if _, err := e.sw.Write(line); err != nil {
 		e.setBy("server")
 		return nil, err
 	}
+	if done != nil {
+		// The caller waits for the reply: the command must be out.
+		if err := e.pushServer(); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// pushServer flushes the commands batched for the MTA.
+func (e *engine) pushServer() error {
+	if e.sw.Buffered() == 0 {
+		return nil
+	}
+	e.srv.SetWriteDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+	if err := e.sw.Flush(); err != nil {
+		e.setBy("server")
+		return err
+	}
+	return nil
 }
 
 // exchange sends one command and waits until its reply went to the

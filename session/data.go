@@ -5,12 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
+
+// dataBuf is the piece in which a message is read from the client.
+const dataBuf = 64 * 1024
+
+var dataPool = sync.Pool{New: func() any { b := make([]byte, dataBuf); return &b }}
 
 // data handles DATA: forwarded; if the MTA says 354, the message follows.
 func (e *engine) data(line []byte) error {
@@ -62,16 +68,9 @@ func (e *engine) message() error {
 	}
 	var f smtp.DataFilter
 	oversize := false
-	for {
-		e.cli.SetReadDeadline(time.Now().Add(idle))
-		if e.cr.Buffered() == 0 {
-			if _, err := e.cr.Peek(1); err != nil {
-				e.clientEnded(err)
-				sp.remove()
-				return err
-			}
-		}
-		buf, _ := e.cr.Peek(e.cr.Buffered())
+	// feed passes one piece of the client's bytes through the filter and
+	// on to the MTA and the spool; it returns how much it consumed.
+	feed := func(buf []byte) (int, bool) {
 		fwd, spool, n, done := f.Feed(buf)
 		if !oversize {
 			if fwdErr == nil && len(fwd) > 0 {
@@ -87,10 +86,37 @@ func (e *engine) message() error {
 				e.log.Noticef("[%d] message over size_limit %d: MTA connection closed", e.c.id, cfg.SizeLimit)
 			}
 		}
+		return n, done
+	}
+	// First what the command reader holds, then the socket directly, in
+	// pieces as large as the pool's buffers.
+	done := false
+	if k := e.cr.Buffered(); k > 0 {
+		buf, _ := e.cr.Peek(k)
+		var n int
+		n, done = feed(buf)
 		e.cr.Discard(n)
-		if done {
-			break
+	}
+	if !done {
+		bp := dataPool.Get().(*[]byte)
+		for !done {
+			e.cli.SetReadDeadline(time.Now().Add(idle))
+			k, err := e.in.Read(*bp)
+			if k > 0 {
+				var n int
+				n, done = feed((*bp)[:k])
+				if done && n < k {
+					e.in.unread((*bp)[n:k]) // commands after the message
+				}
+			}
+			if err != nil && !done {
+				dataPool.Put(bp)
+				e.clientEnded(err)
+				sp.remove()
+				return err
+			}
 		}
+		dataPool.Put(bp)
 	}
 	size := f.Size()
 	switch {

@@ -2,6 +2,7 @@ package session
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/md5"
 	"encoding/base64"
 	"errors"
@@ -52,12 +53,14 @@ type engine struct {
 	name string
 
 	cli *net.TCPConn
+	in  *pushback // under cr; read directly during DATA
 	cr  *bufio.Reader
 	srv *net.TCPConn
 	sr  *bufio.Reader
 
 	mu      sync.Mutex
 	cw      *bufio.Writer // to the client; written under mu
+	sw      *bufio.Writer // to the MTA; written by the client's goroutine
 	queue   []*pending
 	forward int  // commands in the queue awaiting the MTA
 	ext     smtp.Extensions
@@ -81,11 +84,13 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 	if bufSize < 512 {
 		bufSize = 512
 	}
+	in := &pushback{r: counter{c.client, &c.cliRx}}
 	return &engine{
 		w: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
-		cli: c.client, cr: bufio.NewReaderSize(counter{c.client, &c.cliRx}, max(bufSize, 4096)),
+		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
 		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
 		cw:     bufio.NewWriterSize(c.client, 4096),
+		sw:     bufio.NewWriterSize(server, 4096),
 		srvDone: make(chan struct{}),
 	}
 }
@@ -266,10 +271,10 @@ func (e *engine) enqueue(p *pending) {
 	e.mu.Unlock()
 }
 
-// flushLocked writes the replies at the head of the queue that are
-// known, in order. Called with e.mu held.
+// flushLocked moves the replies at the head of the queue that are known
+// into the client's buffer, in order. Whoever then has no more input
+// ready flushes the buffer (see idle). Called with e.mu held.
 func (e *engine) flushLocked() {
-	wrote := false
 	for len(e.queue) > 0 {
 		p := e.queue[0]
 		switch {
@@ -278,20 +283,33 @@ func (e *engine) flushLocked() {
 		case p.reply != nil:
 			e.cw.Write(p.reply.Raw())
 		default:
-			if wrote {
-				e.flushClient()
-			}
 			return
 		}
-		wrote = true
 		e.queue = e.queue[1:]
 		if p.done != nil {
+			// Whoever waits for this reply must find it at the client.
+			e.flushClient()
 			close(p.done)
 		}
 	}
-	if wrote {
-		e.flushClient()
+}
+
+// more reports whether br holds a complete line already: then more
+// commands (or replies) follow at once, and writes are better batched.
+func more(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n == 0 {
+		return false
 	}
+	b, _ := br.Peek(n)
+	return bytes.IndexByte(b, '\n') >= 0
+}
+
+// pushClient flushes the replies buffered for the client.
+func (e *engine) pushClient() {
+	e.mu.Lock()
+	e.flushClient()
+	e.mu.Unlock()
 }
 
 func (e *engine) flushClient() {
@@ -309,6 +327,9 @@ func (e *engine) local(verb string, code int, enhanced, text string) {
 func (e *engine) serverLoop(idle time.Duration) {
 	defer close(e.srvDone)
 	for {
+		if !more(e.sr) {
+			e.pushClient()
+		}
 		e.srv.SetReadDeadline(time.Now().Add(idle))
 		r, err := smtp.ReadReply(e.sr, 4096)
 		e.mu.Lock()
@@ -324,11 +345,13 @@ func (e *engine) serverLoop(idle time.Duration) {
 			e.setBy("server")
 			e.mu.Lock()
 			e.flushLocked()
+			e.flushClient()
 			e.mu.Unlock()
 			e.cli.Close()
 			return
 		}
 		if stop := e.answer(r); stop {
+			e.pushClient()
 			return
 		}
 	}
@@ -352,7 +375,6 @@ func (e *engine) answer(r *smtp.Reply) bool {
 		// 421 before it closes. The client gets it.
 		e.log.Debugf("[%d] unsolicited reply from the MTA: %q", e.c.id, r.Text())
 		e.cw.Write(r.Raw())
-		e.flushClient()
 		return false
 	}
 	stop := false
@@ -443,3 +465,22 @@ func (c counter) Read(p []byte) (int, error) {
 	*c.n += uint64(n)
 	return n, err
 }
+
+// pushback is a reader that can be given bytes back: DATA reads the
+// socket directly, in large pieces, and what follows the message goes
+// back for the command reader.
+type pushback struct {
+	r    io.Reader
+	back []byte
+}
+
+func (p *pushback) Read(b []byte) (int, error) {
+	if len(p.back) > 0 {
+		n := copy(b, p.back)
+		p.back = p.back[n:]
+		return n, nil
+	}
+	return p.r.Read(b)
+}
+
+func (p *pushback) unread(b []byte) { p.back = append(p.back[:0:0], b...) }

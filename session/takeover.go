@@ -60,6 +60,8 @@ func (e *engine) takeover() {
 // both ways, with timeout_direct.
 func (e *engine) goDirect() {
 	e.c.direct = true
+	e.pushServer()
+	e.pushClient()
 	// What was read ahead on either side goes first.
 	if n := e.cr.Buffered(); n > 0 {
 		b, _ := e.cr.Peek(n)

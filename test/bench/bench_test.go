@@ -303,3 +303,129 @@ func BenchmarkIdleSessions(b *testing.B) {
 		}
 	}
 }
+
+// mailTo sends one pipelined transaction to n recipients.
+func (cl *client) mailTo(n int, data []byte) error {
+	cl.w.WriteString("MAIL FROM:<bench@example.com>\r\n")
+	for i := range n {
+		fmt.Fprintf(cl.w, "RCPT TO:<r%d@example.org>\r\n", i)
+	}
+	cl.w.WriteString("DATA\r\n")
+	if err := cl.w.Flush(); err != nil {
+		return err
+	}
+	if err := cl.expect(250); err != nil {
+		return err
+	}
+	for range n {
+		if err := cl.expect(250); err != nil {
+			return err
+		}
+	}
+	if err := cl.expect(354); err != nil {
+		return err
+	}
+	cl.w.Write(data)
+	if err := cl.w.Flush(); err != nil {
+		return err
+	}
+	return cl.expect(250)
+}
+
+// BenchmarkPipelined50Rcpts: 20 sessions sending pipelined messages to 50
+// recipients each.
+func BenchmarkPipelined50Rcpts(b *testing.B) {
+	r := newRig(b)
+	data := payload(4 * 1024)
+	for range b.N {
+		d, p := compare(b, r, func(addr string) float64 {
+			const sessions, each = 20, 50
+			t := run(b, sessions, func(int) error {
+				cl, err := dial(addr)
+				if err != nil {
+					return err
+				}
+				defer cl.c.Close()
+				if err := cl.cmd("EHLO bench.test", 250); err != nil {
+					return err
+				}
+				for range each {
+					if err := cl.mailTo(50, data); err != nil {
+						return err
+					}
+				}
+				return cl.cmd("QUIT", 221)
+			})
+			return sessions * each / t.Seconds()
+		})
+		b.ReportMetric(d, "direct-msgs/s")
+		b.ReportMetric(p, "proxy-msgs/s")
+		b.ReportMetric(p/d, "ratio-msgs/s")
+	}
+}
+
+// BenchmarkLarge10MiB: 4 sessions each sending 10 MiB messages.
+func BenchmarkLarge10MiB(b *testing.B) {
+	r := newRig(b, "scan_max_size 100000000")
+	data := payload(10 << 20)
+	for range b.N {
+		d, p := compare(b, r, func(addr string) float64 {
+			_, mb := throughput(b, addr, 4, 5, data)
+			return mb
+		})
+		b.ReportMetric(d, "direct-MB/s")
+		b.ReportMetric(p, "proxy-MB/s")
+		b.ReportMetric(p/d, "ratio-MB/s")
+	}
+}
+
+// endOfData measures, on one session, the time from the final dot to the
+// reply, over n messages, and returns the median in milliseconds.
+func endOfData(b *testing.B, addr string, data []byte, n int) float64 {
+	cl, err := dial(addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.c.Close()
+	if err := cl.cmd("EHLO bench.test", 250); err != nil {
+		b.Fatal(err)
+	}
+	body, dot := data[:len(data)-3], data[len(data)-3:]
+	var lat []float64
+	for range n {
+		cl.w.WriteString("MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.org>\r\nDATA\r\n")
+		cl.w.Flush()
+		for _, c := range []int{250, 250, 354} {
+			if err := cl.expect(c); err != nil {
+				b.Fatal(err)
+			}
+		}
+		cl.w.Write(body)
+		cl.w.Flush()
+		start := time.Now()
+		cl.w.Write(dot)
+		cl.w.Flush()
+		if err := cl.expect(250); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+	}
+	return median(lat)
+}
+
+// BenchmarkEndOfData: how long the client waits after its final dot,
+// direct and through the proxy (no scanner configured: the hold of the
+// dot alone).
+func BenchmarkEndOfData(b *testing.B) {
+	r := newRig(b, "scan_max_size 100000000")
+	for _, size := range []int{10 << 10, 1 << 20, 10 << 20} {
+		data := payload(size)
+		endOfData(b, r.sink.Addr(), data, 3)
+		endOfData(b, r.proxy, data, 3)
+		d := endOfData(b, r.sink.Addr(), data, 20)
+		p := endOfData(b, r.proxy, data, 20)
+		name := fmt.Sprintf("%dKiB", size>>10)
+		b.ReportMetric(d, "direct-ms-"+name)
+		b.ReportMetric(p, "proxy-ms-"+name)
+	}
+}
