@@ -9,7 +9,7 @@ import (
 // start-up handshake and in every control request; bump it on every change
 // to a message number or payload, so that a master and a child built from
 // different sources refuse each other instead of misreading each other.
-const Version = 1
+const Version = 2
 
 // Type is the number of one message type. Numbers are explicit and never
 // reused: a reader of a packet dump, or of a log line naming a number, can
@@ -50,6 +50,14 @@ const (
 	// lookup → session, DstAnswer, no fd; the reply to MsgDstQuery.
 	MsgDstAnswer Type = 21
 
+	// Scanning.
+
+	// session → scanner, Scan, fd: the spool file, opened read-only;
+	// reply MsgVerdict.
+	MsgScan Type = 30
+	// scanner → session, Verdict, no fd; the reply to MsgScan.
+	MsgVerdict Type = 31
+
 	// Control (smtpgatectl → master over the control socket).
 
 	// smtpgatectl → master, CtlRequest, no fd; reply MsgCtlReply.
@@ -75,6 +83,8 @@ var catalogue = map[Type]spec{
 	MsgSessionEnd: {"SESSION_END", 0, func() any { return new(SessionEnd) }},
 	MsgDstQuery:   {"DST_QUERY", 1, func() any { return new(DstQuery) }},
 	MsgDstAnswer:  {"DST_ANSWER", 0, func() any { return new(DstAnswer) }},
+	MsgScan:       {"SCAN", 1, func() any { return new(Scan) }},
+	MsgVerdict:    {"VERDICT", 0, func() any { return new(Verdict) }},
 	MsgCtlRequest: {"CTL_REQUEST", 0, func() any { return new(CtlRequest) }},
 	MsgCtlReply:   {"CTL_REPLY", 0, func() any { return new(CtlReply) }},
 }
@@ -185,6 +195,40 @@ const (
 	LookupMismatch = "mismatch"
 	LookupLoop     = "loop"
 )
+
+// Scan asks for the verdict on one message. The spool file rides along
+// (read from offset 0; its first line is the spool header). Size is the
+// message's size in bytes as the client sent it (after dot-unstuffing).
+type Scan struct {
+	SessionID   uint64         `msgpack:"session"`
+	Transaction int            `msgpack:"transaction"`
+	Size        int64          `msgpack:"size"`
+	Client      netip.AddrPort `msgpack:"client"`
+	// Skip names the scans the session does not want (auth_skip for an
+	// authenticated client): "antivir", "antispam".
+	Skip []string `msgpack:"skip"`
+}
+
+// Verdict kinds.
+const (
+	VerdictClean = "clean"
+	VerdictVirus = "virus"
+	VerdictSpam  = "spam"
+	// VerdictError: a scanner failed; Err says why. The session answers
+	// 451 unless ignore_errors.
+	VerdictError = "error"
+)
+
+// Verdict is the scanner's answer. Name is the virus name; Score the spam
+// score (set whenever spam scanning ran); Scanned lists what ran
+// ("clamd", "spamd", ...), for the log.
+type Verdict struct {
+	Kind    string   `msgpack:"kind"`
+	Name    string   `msgpack:"name"`
+	Score   float64  `msgpack:"score"`
+	Scanned []string `msgpack:"scanned"`
+	Err     string   `msgpack:"err"`
+}
 
 // CtlRequest is one smtpgatectl command.
 type CtlRequest struct {

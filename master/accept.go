@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -174,6 +175,11 @@ func (m *master) handOff(w *proc, c *net.TCPConn, ns *ipc.NewSession) error {
 func (m *master) reject(c *net.TCPConn, code int, text string) {
 	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(c, "%d %s %s\r\n", code, m.cfg.Load().ProxyHostName(), text)
+	// FIN after the reply, then read what the client still sends: closing
+	// with unread data would reset the connection and could lose the reply.
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, io.LimitReader(c, 64*1024))
 	c.Close()
 }
 

@@ -153,16 +153,18 @@ func (m *master) spawn(p *proc) error {
 }
 
 // linkPeers gives a child that just became ready its links to the
-// children it talks to directly: session workers to lookup.
+// children it talks to directly: session workers to lookup and scanner.
 func (m *master) linkPeers(p *proc) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch p.role {
 	case ipc.RoleSession:
-		if m.lookup.ready {
-			m.link(p, m.lookup)
+		for _, svc := range []*proc{m.lookup, m.scanner} {
+			if svc.ready {
+				m.link(p, svc)
+			}
 		}
-	case ipc.RoleLookup:
+	case ipc.RoleLookup, ipc.RoleScanner:
 		for _, s := range m.sessionProcs {
 			if s.ready {
 				m.link(s, p)

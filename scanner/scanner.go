@@ -1,44 +1,109 @@
-// Package scanner is the scanner process, the broker between session workers and the content scanners (clamd, spamd, mksd). It starts, drops its privileges and follows reloads; the scanner clients come with the scanning work.
+// Package scanner is the scanner process, the broker between session
+// workers and the content scanners: clamd (FILDES over a unix socket,
+// INSTREAM over TCP), mksd (its line protocol over a unix socket) and
+// spamd (SPAMC/1.2 CHECK). A session worker sends MsgScan with the spool
+// file's descriptor and gets one MsgVerdict back: clean, virus NAME,
+// spam SCORE, or error. The process holds no state between scans: every
+// scan opens its own connections, so a scanner that was restarted is
+// simply found again on the next scan.
 package scanner
 
 import (
+	"context"
+	"os"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"smtp-gated/internal/child"
 	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
 )
 
+// server is the scanner process's state.
 type server struct {
 	env *child.Env
 	cfg atomic.Pointer[config.Config]
+
+	// tmp is the private directory for mksd's copies of spool files,
+	// made on first use (see tempDir).
+	tmpMu sync.Mutex
+	tmp   string
 }
 
 // Run serves until master closes the link.
 func Run(env *child.Env) error {
 	s := &server{env: env}
 	s.cfg.Store(env.Cfg)
-	// Not chrooted: its sockets and files live outside any one directory.
+	// Not chrooted: clamd's, spamd's and mksd's sockets live anywhere in
+	// the file system, and connecting to a unix socket needs its path.
+	// After the drop a socket is reachable when its mode allows set_user
+	// (clamd's LocalSocketMode, spamd's --socketmode); the spool files
+	// need not be readable by path at all: they come as descriptors.
 	if err := env.Drop(""); err != nil {
 		return err
 	}
 	if err := env.Ready(); err != nil {
 		return err
 	}
+	go s.probe(env.Cfg)
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
-	env.LinkEnded(master.Run())
+	err := master.Run()
+	s.removeTemp()
+	env.LinkEnded(err)
 	return nil
 }
 
-// fromMaster is the dispatch of messages from master.
-func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
-	switch v := m.Payload.(type) {
-	case *ipc.Config:
-		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
-			s.cfg.Store(cfg)
+// engine returns a scan engine for the current configuration.
+func (s *server) engine() *engine {
+	return &engine{cfg: s.cfg.Load(), log: s.env.Log, tempDir: s.tempDir, load: loadAvg}
+}
+
+// tempDir returns the process's private directory for mksd, making it on
+// first use. mksd is told a path, and the spool file is in general not
+// readable by path from here (a chrooted session wrote it, maybe under
+// another name space): the scanner copies the message into a file of its
+// own. The directory is made after the privilege drop, so it belongs to
+// set_user; mode 0711 lets mksd (often root, else a user the administrator
+// puts in set_group, as the original's FAQ asks for spool_path) reach a
+// file whose name it is told without letting anyone list the directory.
+func (s *server) tempDir() (string, error) {
+	s.tmpMu.Lock()
+	defer s.tmpMu.Unlock()
+	if s.tmp != "" {
+		if _, err := os.Stat(s.tmp); err == nil {
+			return s.tmp, nil
 		}
-	default:
-		m.Close()
-		s.env.Fatalf("unexpected %v from master", m.Type)
 	}
+	dir, err := os.MkdirTemp("", "smtp-gated-scan-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		os.Remove(dir)
+		return "", err
+	}
+	s.tmp = dir
+	return dir, nil
+}
+
+// removeTemp removes the private directory, if one was made.
+func (s *server) removeTemp() {
+	s.tmpMu.Lock()
+	defer s.tmpMu.Unlock()
+	if s.tmp != "" {
+		os.RemoveAll(s.tmp)
+		s.tmp = ""
+	}
+}
+
+// probe checks, once after start and after a reload that changed the
+// scanners, that the configured scanners answer, and logs the result: a
+// clamd socket that set_user may not open shows up here, not at the first
+// message. It never blocks the process.
+func (s *server) probe(cfg *config.Config) {
+	e := &engine{cfg: cfg, log: s.env.Log}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e.probe(ctx)
 }

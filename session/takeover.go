@@ -2,6 +2,7 @@ package session
 
 import (
 	"errors"
+	"io"
 	"net"
 	"time"
 
@@ -19,6 +20,7 @@ func (e *engine) takeover() {
 		e.flushClient()
 		e.mu.Unlock()
 	}
+	e.pushClient() // the reply that started the takeover
 	timeout := time.Duration(cfg.TimeoutSession) * time.Second
 	for n := 1; ; n++ {
 		e.cli.SetReadDeadline(time.Now().Add(timeout))
@@ -77,4 +79,13 @@ func (e *engine) goDirect() {
 	e.c.cliRx += cli
 	e.c.srvRx += srv
 	e.setBy(by)
+}
+
+// hangUp ends a session the proxy refuses: it sends FIN after its last
+// reply and reads what the client still sends, so that closing the socket
+// with unread data does not reset the connection and lose the reply.
+func hangUp(c *net.TCPConn) {
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.Copy(io.Discard, io.LimitReader(c, 64*1024))
 }

@@ -32,8 +32,10 @@ const (
 // filter takes a bare LF as a line end, like the most lenient MTA, and
 // forwards it as CRLF, so that even the strictest MTA then sees the same
 // line ends, and so the same end of message, as the proxy. A bare CR ("\r"
-// not followed by "\n") is left as is: it ends a line for neither side, and
-// forwarding it unchanged cannot make the MTA see an end the proxy missed.
+// not followed by "\n") is left as is: it ends a line for neither side
+// (RFC 5321 2.3.8; Postfix, Exim and sendmail end lines at LF only). An MTA
+// that did end lines at a bare CR would reopen the hole ("\r.\r\n"), and
+// bare CRs would then have to be rewritten too.
 //
 // Unstuffing follows RFC 5321 4.5.2, as MTAs do: the first "." of every
 // line that starts with one (and is not the end) is removed, not only of

@@ -93,9 +93,8 @@ func (r *Reply) Positive() bool { return r.Code/100 == 2 || r.Code/100 == 3 }
 // known place: the caller should give up on the MTA connection.
 func ReadReply(br *bufio.Reader, max int) (*Reply, error) {
 	var (
-		buf  []byte
-		ends [8]int // line ends in buf; grows past eight lines
-		end  = ends[:0]
+		buf  = make([]byte, 0, 256) // most replies fit; EHLO's grows once or twice
+		end  = make([]int, 0, 16)   // line ends in buf
 		code []byte
 	)
 	for {

@@ -1,0 +1,76 @@
+package scanner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/ipc"
+)
+
+// fromMaster is the dispatch of messages from master.
+func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
+	switch v := m.Payload.(type) {
+	case *ipc.Config:
+		old := s.cfg.Load()
+		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			s.cfg.Store(cfg)
+			if scannersChanged(old, cfg) {
+				go s.probe(cfg)
+			}
+		}
+	case *ipc.PeerLink:
+		f := m.TakeFile(0)
+		defer f.Close()
+		if v.Role != ipc.RoleSession {
+			s.env.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
+		}
+		conn, err := ipc.NewConn(f)
+		if err != nil {
+			s.env.Fatalf("link to session %d: %v", v.Index, err)
+		}
+		name := fmt.Sprintf("session %d", v.Index)
+		sp := ipc.NewPeer(conn, name, s.fromSession)
+		go func() {
+			err := sp.Run()
+			sp.Close()
+			if !errors.Is(err, io.EOF) {
+				// A worker that sends garbage loses its link; master
+				// relinks it when it restarts.
+				s.env.Log.Errf("link to %s: %v", name, err)
+			}
+		}()
+	default:
+		m.Close()
+		s.env.Fatalf("unexpected %v from master", m.Type)
+	}
+}
+
+// fromSession is the dispatch of messages from one session worker. A scan
+// takes up to timeout_scanner + timeout_spam: it runs on a goroutine of its
+// own, so that the link keeps serving the worker's other sessions.
+func (s *server) fromSession(p *ipc.Peer, m *ipc.Msg) {
+	switch v := m.Payload.(type) {
+	case *ipc.Scan:
+		f := m.TakeFile(0)
+		go func() {
+			defer f.Close()
+			verdict := s.engine().scan(context.Background(), v, f)
+			if err := p.Reply(m, ipc.MsgVerdict, verdict); err != nil {
+				s.env.Log.Errf("verdict for session %d to %s: %v", v.SessionID, p.Name, err)
+			}
+		}()
+	default:
+		m.Close()
+		s.env.Log.Errf("unexpected %v from %s: closing the link", m.Type, p.Name)
+		p.Close()
+	}
+}
+
+// scannersChanged reports whether a reload changed what probe checks.
+func scannersChanged(a, b *config.Config) bool {
+	return a.AntivirusType != b.AntivirusType || a.AntivirusPath != b.AntivirusPath ||
+		a.AntispamType != b.AntispamType || a.AntispamPath != b.AntispamPath
+}

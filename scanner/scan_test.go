@@ -1,0 +1,307 @@
+package scanner
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"smtp-gated/internal/child"
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
+	"smtp-gated/ipc"
+	"smtp-gated/test/harness"
+)
+
+func bothConfig(clamdPath, spamdPath string) *config.Config {
+	cfg := clamdConfig(clamdPath)
+	cfg.AntispamType = config.AntispamSpamassassin
+	cfg.AntispamPath = spamdPath
+	return cfg
+}
+
+// Virus first: a virus ends the scan, spamd is not asked. Otherwise both
+// run, in that order.
+func TestScanOrder(t *testing.T) {
+	c, s := harness.Clamd(t), harness.Spamd(t)
+	e, lb := testEngine(t, bothConfig(c.Socket, s.Socket))
+	tok := harness.Token(t)
+	both := append(harness.SpamMessage("a@example.com", "b@example.org", tok), harness.EICAR()...)
+	v := scanWith(t, e, lb, privateSpool(t, both))
+	if v.Kind != ipc.VerdictVirus || !slices.Equal(v.Scanned, []string{"clamd"}) || v.Score != 0 {
+		t.Errorf("virus and GTUBE: verdict %+v, want virus, scanned by clamd only", v)
+	}
+	v = scanWith(t, e, lb, privateSpool(t, harness.SpamMessage("a@example.com", "b@example.org", tok)))
+	if v.Kind != ipc.VerdictSpam || !slices.Equal(v.Scanned, []string{"clamd", "spamd"}) {
+		t.Errorf("GTUBE: verdict %+v, want spam, scanned by clamd then spamd", v)
+	}
+	v = scanWith(t, e, lb, privateSpool(t, hamMessage(tok)))
+	if v.Kind != ipc.VerdictClean || !slices.Equal(v.Scanned, []string{"clamd", "spamd"}) {
+		t.Errorf("ham: verdict %+v, want clean, scanned by clamd then spamd", v)
+	}
+	if line := lb.lastScanLine(); !strings.Contains(line, "scanners=clamd,spamd") || !strings.Contains(line, "score=") {
+		t.Errorf("log line %q", line)
+	}
+}
+
+// A scanner that fails makes an error verdict (the session decides about
+// ignore_errors), unless the other one finds spam: then the spam verdict
+// stands, and Err still tells about the failure.
+func TestScanErrors(t *testing.T) {
+	s := harness.Spamd(t)
+	noClamd := filepath.Join(t.TempDir(), "no-clamd.sock")
+	e, lb := testEngine(t, bothConfig(noClamd, s.Socket))
+	tok := harness.Token(t)
+	v := scanWith(t, e, lb, privateSpool(t, hamMessage(tok)))
+	if v.Kind != ipc.VerdictError || !strings.HasPrefix(v.Err, "clamd: ") || !slices.Equal(v.Scanned, []string{"clamd", "spamd"}) {
+		t.Errorf("clamd down, ham: verdict %+v, want error from clamd after both ran", v)
+	}
+	v = scanWith(t, e, lb, privateSpool(t, harness.SpamMessage("a@example.com", "b@example.org", tok)))
+	if v.Kind != ipc.VerdictSpam || !strings.HasPrefix(v.Err, "clamd: ") {
+		t.Errorf("clamd down, GTUBE: verdict %+v, want spam with clamd's error", v)
+	}
+}
+
+// auth_skip: the session names the scans it does not want.
+func TestScanSkip(t *testing.T) {
+	c, s := harness.Clamd(t), harness.Spamd(t)
+	e, lb := testEngine(t, bothConfig(c.Socket, s.Socket))
+	tok := harness.Token(t)
+	virus := harness.VirusMessage("a@example.com", "b@example.org", tok)
+	spam := harness.SpamMessage("a@example.com", "b@example.org", tok)
+	for _, tc := range []struct {
+		skip    []string
+		msg     []byte
+		kind    string
+		scanned []string
+	}{
+		{[]string{"antivir"}, virus, ipc.VerdictClean, []string{"spamd"}},
+		{[]string{"antispam"}, spam, ipc.VerdictClean, []string{"clamd"}},
+		{[]string{"antivir", "antispam"}, append(spam, harness.EICAR()...), ipc.VerdictClean, nil},
+		{[]string{"antispam"}, virus, ipc.VerdictVirus, []string{"clamd"}},
+	} {
+		v := scanWith(t, e, lb, privateSpool(t, tc.msg), tc.skip...)
+		if v.Kind != tc.kind || !slices.Equal(v.Scanned, tc.scanned) {
+			t.Errorf("skip %q: verdict %+v, want %s scanned by %q", tc.skip, v, tc.kind, tc.scanned)
+		}
+		// (A virus ends the scan before spamd would be skipped.)
+		if v.Kind != ipc.VerdictVirus && !strings.Contains(lb.lastScanLine(), "(auth_skip)") {
+			t.Errorf("skip %q: log line %q does not say so", tc.skip, lb.lastScanLine())
+		}
+	}
+}
+
+// No scanner configured: clean, nothing scanned.
+func TestScanNothingConfigured(t *testing.T) {
+	e, lb := testEngine(t, testConfig())
+	v := scanWith(t, e, lb, privateSpool(t, append(message("x"), harness.EICAR()...)))
+	if v.Kind != ipc.VerdictClean || len(v.Scanned) != 0 {
+		t.Errorf("verdict %+v, want clean", v)
+	}
+	if !strings.Contains(lb.lastScanLine(), "scanners=none") {
+		t.Errorf("log line %q", lb.lastScanLine())
+	}
+}
+
+// The descriptor a session sends must be a regular file open read-only.
+func TestSpoolChecks(t *testing.T) {
+	dir := t.TempDir()
+	rw, err := os.OpenFile(filepath.Join(dir, "rw"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	e, lb := testEngine(t, testConfig())
+	for _, tc := range []struct {
+		name string
+		f    *os.File
+		want string
+	}{
+		{"writable", rw, "open for writing"},
+		{"pipe", pr, "not a regular file"},
+		{"none", nil, "no descriptor"},
+	} {
+		v := scanWith(t, e, lb, tc.f)
+		if v.Kind != ipc.VerdictError || !strings.Contains(v.Err, tc.want) {
+			t.Errorf("%s: verdict %+v, want an error with %q", tc.name, v, tc.want)
+		}
+	}
+}
+
+func TestOpenSpool(t *testing.T) {
+	dir := t.TempDir()
+	long := "X-Proxy-Spool-Info: " + strings.Repeat("x", maxSpoolHeader) + "\r\nbody\r\n"
+	for _, tc := range []struct {
+		name, content, header string
+		body                  int64
+		err                   string
+	}{
+		{"crlf", "X-Proxy-Spool-Info: src=1\r\nFrom: a\r\n", "X-Proxy-Spool-Info", 27, ""},
+		{"lf", "X-Proxy-Spool-Info: src=1\nFrom: a\r\n", "X-Proxy-Spool-Info", 26, ""},
+		{"case", "x-proxy-spool-info: src=1\r\nFrom: a\r\n", "X-Proxy-Spool-Info", 27, ""},
+		{"other header", "X-Other: src=1\r\nFrom: a\r\n", "X-Proxy-Spool-Info", 0, ""},
+		{"no header configured", "X-Proxy-Spool-Info: src=1\r\nFrom: a\r\n", "", 0, ""},
+		{"header only", "X-Proxy-Spool-Info: src=1", "X-Proxy-Spool-Info", 25, ""},
+		{"empty", "", "X-Proxy-Spool-Info", 0, ""},
+		{"too long", long, "X-Proxy-Spool-Info", 0, "longer than"},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+		os.WriteFile(path, []byte(tc.content), 0o600)
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp, err := openSpool(f, tc.header)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err %v, want %q", tc.name, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case sp.body != tc.body || sp.msgSize() != int64(len(tc.content))-tc.body:
+			t.Errorf("%s: body at %d (size %d), want %d", tc.name, sp.body, sp.msgSize(), tc.body)
+		}
+		f.Close()
+	}
+}
+
+// The whole path a session worker takes: MsgScan with the spool file's
+// descriptor over a link, MsgVerdict back; the descriptor is closed by the
+// scanner; an unexpected message ends the link with a log line.
+func TestDispatch(t *testing.T) {
+	lb := &logBuf{}
+	s := &server{env: &child.Env{Role: ipc.RoleScanner, Log: logx.To(lb, logx.Debug)}}
+	s.cfg.Store(testConfig()) // no scanner: clean, and quick
+	a, b, err := ipc.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := ipc.NewConn(a)
+	a.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := ipc.NewConn(b)
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scannerSide := ipc.NewPeer(cb, "session 0", s.fromSession)
+	ended := make(chan error, 1)
+	go func() { ended <- scannerSide.Run() }()
+	session := ipc.NewPeer(ca, "scanner", func(p *ipc.Peer, m *ipc.Msg) { m.Close() })
+	go session.Run()
+	defer session.Close()
+
+	f := privateSpool(t, message("x"))
+	fds := openFDs(t)
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m, err := session.Call(ctx, ipc.MsgScan, &ipc.Scan{SessionID: 42, Transaction: i + 1, Size: 10, Client: testClient}, ipc.MsgVerdict, fdOf(t, f))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := m.Payload.(*ipc.Verdict); v.Kind != ipc.VerdictClean {
+			t.Errorf("verdict %+v, want clean", v)
+		}
+	}
+	// The scanner's copies of the descriptor are closed once it answered.
+	deadline := time.Now().Add(5 * time.Second)
+	for openFDs(t) != fds && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := openFDs(t); n != fds {
+		t.Errorf("%d descriptors open after the scans, %d before", n, fds)
+	}
+	if !strings.Contains(lb.String(), "scan session=42 trns=3") {
+		t.Errorf("no scan line in the log:\n%s", lb)
+	}
+
+	// A session worker has no business sending this.
+	if err := session.Send(ipc.MsgAck, &ipc.Ack{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			t.Logf("link ended: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the link survived an unexpected message")
+	}
+	if !strings.Contains(lb.String(), "unexpected ACK from session 0") {
+		t.Errorf("no log line about the unexpected message:\n%s", lb)
+	}
+}
+
+// fdOf is f's descriptor, without Fd's switch to blocking mode.
+func fdOf(t *testing.T, f *os.File) int {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	rc.Control(func(u uintptr) { fd = int(u) })
+	return fd
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(ents)
+}
+
+func TestSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		n    uint64
+		want time.Duration
+	}{{0, 30 * time.Second}, {1, time.Second}, {30, 30 * time.Second}} {
+		if got := seconds(tc.n); got != tc.want {
+			t.Errorf("seconds(%d) = %v, want %v", tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestParseLoadavg(t *testing.T) {
+	ne := binary.NativeEndian
+	b64 := make([]byte, 24) // 64-bit: 3 x uint32, padding, long fscale
+	ne.PutUint32(b64[0:], 3072)
+	ne.PutUint32(b64[4:], 1024)
+	ne.PutUint64(b64[16:], 2048)
+	b32 := make([]byte, 16) // 32-bit: 3 x uint32, long fscale
+	ne.PutUint32(b32[0:], 512)
+	ne.PutUint32(b32[12:], 2048)
+	for _, tc := range []struct {
+		b    []byte
+		want float64
+		ok   bool
+	}{
+		{b64, 1.5, true},
+		{b32, 0.25, true},
+		{make([]byte, 24), 0, false}, // fscale 0
+		{make([]byte, 20), 0, false},
+		{nil, 0, false},
+	} {
+		got, err := parseLoadavg(tc.b)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseLoadavg(%x) = %v, %v; want %v (ok %v)", tc.b, got, err, tc.want, tc.ok)
+		}
+	}
+}
