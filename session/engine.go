@@ -62,7 +62,7 @@ type engine struct {
 	cw      *bufio.Writer // to the client; written under mu
 	sw      *bufio.Writer // to the MTA; written by the client's goroutine
 	queue   []*pending
-	forward int  // commands in the queue awaiting the MTA
+	forward int // commands in the queue awaiting the MTA
 	ext     smtp.Extensions
 	authed  bool
 	direct  bool // switch to direct relay once the queue is flushed
@@ -89,8 +89,8 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 		w: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
 		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
 		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
-		cw:     bufio.NewWriterSize(c.client, 4096),
-		sw:     bufio.NewWriterSize(server, 4096),
+		cw:      bufio.NewWriterSize(c.client, 4096),
+		sw:      bufio.NewWriterSize(server, 4096),
 		srvDone: make(chan struct{}),
 	}
 }

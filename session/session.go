@@ -16,10 +16,10 @@ import (
 
 // worker is one session worker process.
 type worker struct {
-	env    *child.Env
-	log    *logx.Logger
-	cfg    atomic.Pointer[config.Config]
-	master *ipc.Peer
+	env     *child.Env
+	log     *logx.Logger
+	cfg     atomic.Pointer[config.Config]
+	master  *ipc.Peer
 	lookup  atomic.Pointer[ipc.Peer]
 	scanner atomic.Pointer[ipc.Peer]
 	wg      sync.WaitGroup
