@@ -162,6 +162,9 @@ func FuzzFormatReply(f *testing.F) {
 		code = 200 + (code%400+400)%400
 		enhanced = strings.Map(noLineEnd, enhanced)
 		name = strings.Map(noLineEnd, name)
+		if strings.Count(text, "\n") >= MaxReplyLines {
+			return // more than ReadReply takes
+		}
 		b := FormatReply(code, enhanced, name, text)
 		r, err := ReadReply(bufio.NewReader(bytes.NewReader(b)), 0)
 		if err != nil {
