@@ -21,7 +21,7 @@ import (
 // same set-up the original asked for.
 type mksd struct {
 	addr    string
-	timeout time.Duration // timeout_scanner: copy and exchange
+	timeout time.Duration // timeout_scanner: the exchange (the local copy comes first)
 	tempDir func() (string, error)
 	perm    os.FileMode
 }

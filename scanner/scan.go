@@ -83,6 +83,14 @@ func (e *engine) scan(ctx context.Context, q *ipc.Scan, f *os.File) *ipc.Verdict
 		return v
 	}
 	size = sp.msgSize()
+	if q.Size > 0 && size < q.Size {
+		// Scanning the part that reached the file and calling it clean
+		// would let the rest through unscanned.
+		v.Kind = ipc.VerdictError
+		v.Err = fmt.Sprintf("spool: the file holds %d bytes of message, the session sent %d (not flushed?)", size, q.Size)
+		e.logScan(q, v, size, false, nil, time.Since(t0))
+		return v
+	}
 
 	if av := e.antivirus(); av != nil {
 		switch {

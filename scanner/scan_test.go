@@ -305,3 +305,28 @@ func TestParseLoadavg(t *testing.T) {
 		}
 	}
 }
+
+// A spool file shorter than the message the session says it holds (writes
+// not flushed before MsgScan) is an error, never a clean verdict on part
+// of the message. Longer is fine (and Size 0 means unknown).
+func TestScanSpoolShorterThanSize(t *testing.T) {
+	e, lb := testEngine(t, testConfig())
+	msg := message("x")
+	for _, tc := range []struct {
+		size int64
+		want string
+	}{
+		{int64(len(msg)) + 1, ipc.VerdictError},
+		{int64(len(msg)), ipc.VerdictClean},
+		{int64(len(msg)) - 1, ipc.VerdictClean},
+		{0, ipc.VerdictClean},
+	} {
+		v := e.scan(context.Background(), &ipc.Scan{SessionID: 1, Transaction: 1, Size: tc.size}, privateSpool(t, msg))
+		if v.Kind != tc.want || (tc.want == ipc.VerdictError && !strings.Contains(v.Err, "not flushed")) {
+			t.Errorf("Size %d for a %d-byte message: verdict %+v, want %s", tc.size, len(msg), v, tc.want)
+		}
+	}
+	if !strings.Contains(lb.String(), "verdict=error") {
+		t.Errorf("log:\n%s", lb)
+	}
+}

@@ -408,6 +408,9 @@ func runPeerScript(script string, timeout time.Duration, args ...string) (string
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(root, "test", "peers", script)}, args...)...)
 	cmd.Stdin = nil // /dev/null
+	// The daemons the scripts start write into their own files; should one
+	// keep the output pipe anyway, do not wait for it past the kill.
+	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		err = fmt.Errorf("timed out after %v", timeout)

@@ -98,7 +98,7 @@ FixStaleSocket yes
 TCPSocket $PORT
 TCPAddr 127.0.0.1
 User clamav
-Foreground no
+Foreground yes
 PidFile $PIDF
 LogFile $D/clamd.log
 LogTime yes
@@ -131,10 +131,15 @@ start() {
 	t0=$(now_ms)
 	write_conf
 	rm -f "$PIDF"
-	clamd -c "$D/clamd.conf" </dev/null >>"$D/clamd.stdout" 2>&1 ||
-		die "clamd failed: $(tail -5 "$D/clamd.stdout" 2>/dev/null) $(tail -5 "$D/clamd.log" 2>/dev/null)"
-	wait_for 60 both_ping || die "no PONG from clamd, see $D/clamd.log: $(tail -5 "$D/clamd.log" 2>/dev/null)"
-	p=$(clamd_pid) || die "clamd pid file missing"
+	# Foreground, detached by setsid, rather than clamd's own daemon mode:
+	# there the parent waits for a signal from its child that, on a loaded
+	# machine, sometimes never comes (ClamAV 1.4.6: the parent then hangs
+	# in wait() for good while the child serves).
+	setsid clamd -c "$D/clamd.conf" </dev/null >>"$D/clamd.stdout" 2>&1 &
+	p=$!
+	wait_for 60 eval 'both_ping || ! alive "$p"' || die "no PONG from clamd within 60 s, see $D/clamd.log: $(tail -5 "$D/clamd.log" 2>/dev/null)"
+	alive "$p" || die "clamd exited: $(tail -5 "$D/clamd.stdout" 2>/dev/null) $(tail -5 "$D/clamd.log" 2>/dev/null)"
+	wait_for 10 clamd_pid || die "clamd (pid $p) wrote no pid file"
 	say "ready $SOCK 127.0.0.1:$PORT pid=$p in $(($(now_ms) - t0)) ms"
 }
 

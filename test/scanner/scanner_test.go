@@ -259,7 +259,8 @@ func (sc *scannerChild) scan(t *testing.T, spool string, skip ...string) *ipc.Ve
 	fi, _ := f.Stat()
 	ctx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
 	defer cancel()
-	m, err := sc.session.Call(ctx, ipc.MsgScan, &ipc.Scan{SessionID: 99, Transaction: 1, Size: fi.Size(),
+	size := fi.Size() - int64(len(spoolHeader)) // the message, without the header line
+	m, err := sc.session.Call(ctx, ipc.MsgScan, &ipc.Scan{SessionID: 99, Transaction: 1, Size: size,
 		Client: harnessClient, Skip: skip}, ipc.MsgVerdict, fdOf(t, f))
 	if err != nil {
 		t.Fatalf("scan: %v\n%s", err, sc.out)
@@ -279,13 +280,17 @@ func fdOf(t *testing.T, f *os.File) int {
 	return fd
 }
 
+// spoolHeader is the first line of a spool file, as a session worker
+// writes it.
+const spoolHeader = "X-Proxy-Spool-Info: src=192.0.2.1:40000, ident=, dst=198.51.100.7:25, trns=1\r\n"
+
 // writeSpool writes a spool file as a session worker does (header line,
 // then the message), root's and mode 0600 in a 0700 directory: neither
 // the scanner process (set_user) nor clamd can open it by path.
 func writeSpool(t *testing.T, msg []byte) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), fmt.Sprintf("%d.1", time.Now().Unix()))
-	b := append([]byte("X-Proxy-Spool-Info: src=192.0.2.1:40000, ident=, dst=198.51.100.7:25, trns=1\r\n"), msg...)
+	b := append([]byte(spoolHeader), msg...)
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
