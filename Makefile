@@ -2,7 +2,8 @@
 #   make run     build and start the daemon in the foreground (no root needed)
 #   make test    install what the tests need (as root) and run every test
 #   make bench   measure the proxy against a direct connection
-#   make install install binaries, man pages and samples (DESTDIR, PREFIX)
+#   make install install binaries, man pages, sample config, systemd units and
+#                rc.d scripts (DESTDIR, PREFIX, SBINDIR, MANDIR, ETCDIR, UNITDIR)
 
 GO      ?= go
 PREFIX  ?= /usr/local
@@ -10,8 +11,12 @@ DESTDIR ?=
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR  ?= $(PREFIX)/share/man
 ETCDIR  ?= /etc
+# systemd units (systemd reads $(PREFIX)/lib/systemd/system for /usr/local
+# and /usr), and the rc.d scripts and the sample configuration as examples.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+EXAMPLEDIR ?= $(PREFIX)/share/examples/smtp-gated
 RUNDIR  := $(CURDIR)/run
-BIN     := bin/smtp-gated bin/smtpgatectl
+BIN     := bin/smtp-gated bin/smtpgatectl bin/smtp-gated-helper
 GOFILES := $(shell find . -name '*.go' -not -path './run/*')
 
 .PHONY: all build run test unit e2e lint cross bench install clean
@@ -25,6 +30,10 @@ bin/smtp-gated: $(GOFILES) go.mod
 
 bin/smtpgatectl: $(GOFILES) go.mod
 	$(GO) build -o $@ ./cmd/smtpgatectl
+
+# The remote-udp proxy-helper, for the Linux router (smtp-gated-helper(8)).
+bin/smtp-gated-helper: $(GOFILES) go.mod
+	$(GO) build -o $@ ./cmd/smtp-gated-helper
 
 # A local configuration: everything under ./run, the MTA on 127.0.0.1:25.
 # Edit run/smtp-gated.conf to taste; it is written only when missing.
@@ -71,11 +80,20 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/
 
 install: build
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(ETCDIR)
-	install -m 0755 bin/smtp-gated bin/smtpgatectl $(DESTDIR)$(SBINDIR)/
-	install -m 0644 man/smtp-gated.8 man/smtpgatectl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(ETCDIR) \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(EXAMPLEDIR)/rc.d/openbsd $(DESTDIR)$(EXAMPLEDIR)/rc.d/freebsd
+	install -m 0755 bin/smtp-gated bin/smtpgatectl bin/smtp-gated-helper $(DESTDIR)$(SBINDIR)/
+	install -m 0644 man/smtp-gated.8 man/smtpgatectl.8 man/smtp-gated-helper.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 man/smtp-gated.conf.5 $(DESTDIR)$(MANDIR)/man5/
-	test -f $(DESTDIR)$(ETCDIR)/smtp-gated.conf || install -m 0644 etc/smtp-gated.conf $(DESTDIR)$(ETCDIR)/smtp-gated.conf
+	install -m 0644 etc/smtp-gated.conf $(DESTDIR)$(EXAMPLEDIR)/smtp-gated.conf
+	test -f $(DESTDIR)$(ETCDIR)/smtp-gated.conf || install -m 0600 etc/smtp-gated.conf $(DESTDIR)$(ETCDIR)/smtp-gated.conf
+	for u in smtp-gated.service smtp-gated.socket; do \
+		sed 's|/usr/local/sbin/|$(SBINDIR)/|g' etc/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	for os in openbsd freebsd; do \
+		sed 's|/usr/local/sbin/|$(SBINDIR)/|g' etc/rc.d/$$os/smtp_gated > $(DESTDIR)$(EXAMPLEDIR)/rc.d/$$os/smtp_gated && \
+		chmod 0755 $(DESTDIR)$(EXAMPLEDIR)/rc.d/$$os/smtp_gated || exit 1; \
+	done
 
 clean:
 	rm -rf bin run

@@ -41,6 +41,22 @@ const (
 	MsgNewSession Type = 10
 	// session → master, SessionEnd, no fd. One way.
 	MsgSessionEnd Type = 11
+	// master → session, SessionsQuery, no fd; reply MsgSessionList: the
+	// worker's live sessions, for the statefile and `smtpgatectl sessions`.
+	MsgSessions Type = 14
+	// session → master, SessionList, no fd; the reply to MsgSessions.
+	MsgSessionList Type = 15
+	// master → session, KillSession, no fd; reply MsgAck (Err "no such
+	// session" when the worker does not serve it). The session ends with
+	// CLOSE by=killed and its MsgSessionEnd.
+	MsgKillSession Type = 16
+	// session → master, SpoofQuery, no fd; reply MsgSpoofSocket. Modes
+	// tproxy and tproxy,netfilter: the outgoing socket, bound to the
+	// client's own address and port, needs privilege at bind time.
+	MsgSpoofQuery Type = 12
+	// master → session, SpoofSocket, fd: the bound, unconnected socket
+	// (none when Err is set); the reply to MsgSpoofQuery.
+	MsgSpoofSocket Type = 13
 
 	// Look-ups.
 
@@ -49,14 +65,36 @@ const (
 	MsgDstQuery Type = 20
 	// lookup → session, DstAnswer, no fd; the reply to MsgDstQuery.
 	MsgDstAnswer Type = 21
+	// session → lookup, DnsblQuery, no fd; reply MsgDnsblAnswer.
+	MsgDnsblQuery Type = 22
+	// lookup → session, DnsblAnswer, no fd; the reply to MsgDnsblQuery.
+	MsgDnsblAnswer Type = 23
+	// session → lookup, SpfQuery, no fd; reply MsgSpfAnswer.
+	MsgSpfQuery Type = 24
+	// lookup → session, SpfAnswer, no fd; the reply to MsgSpfQuery.
+	MsgSpfAnswer Type = 25
 
 	// Scanning.
 
 	// session → scanner, Scan, fd: the spool file, opened read-only;
 	// reply MsgVerdict.
 	MsgScan Type = 30
-	// scanner → session, Verdict, no fd; the reply to MsgScan.
+	// scanner → session, Verdict, no fd; the reply to MsgScan and
+	// MsgScanFinish.
 	MsgVerdict Type = 31
+	// session → scanner, ScanStart, fd: the spool file, opened read-only,
+	// sent at the MTA's 354 when the message is streamed to clamd while it
+	// arrives (scan_stream). One way: the stream ends with MsgScanFinish,
+	// MsgScanAbort, or the end of the link.
+	MsgScanStart Type = 32
+	// session → scanner, Scan, fd: the spool file, opened read-only; reply
+	// MsgVerdict. MsgScan for a message whose stream was started: the
+	// virus scan finishes the stream, or scans the whole file as MsgScan
+	// does when the stream is unknown or broke before the end.
+	MsgScanFinish Type = 33
+	// session → scanner, ScanAbort, no fd. One way: the session gave up
+	// the message of a started stream (client gone, size_limit, ...).
+	MsgScanAbort Type = 34
 
 	// Control (smtpgatectl → master over the control socket).
 
@@ -64,6 +102,33 @@ const (
 	MsgCtlRequest Type = 40
 	// master → smtpgatectl, CtlReply, no fd; the reply to MsgCtlRequest.
 	MsgCtlReply Type = 41
+
+	// Locks, rate limits and the limits master keeps across workers.
+
+	// session → lockd, Policy, no fd; reply MsgPolicyAnswer: the
+	// client's lock state and its rate-limit counters, checked and
+	// counted in one step (at the start of a session, at MAIL, RCPT and
+	// AUTH, and before the final dot).
+	MsgPolicy Type = 50
+	// lockd → session, PolicyAnswer, no fd; the reply to MsgPolicy,
+	// sent once every change it made is written.
+	MsgPolicyAnswer Type = 51
+	// session or master → lockd, Found, no fd; reply MsgAck once the lock
+	// file (if lock_on wants one) exists; Err says why none could be
+	// made. lockd runs action_script on its own time.
+	MsgFound Type = 52
+	// session → master, IdentQuery, no fd; reply MsgIdentAnswer: the
+	// session's ident, counted for max_per_ident.
+	MsgIdentQuery Type = 53
+	// master → session, IdentAnswer, no fd; the reply to MsgIdentQuery.
+	MsgIdentAnswer Type = 54
+	// master → lockd, LockdCtl, no fd; reply MsgLockdReply: a control
+	// command for lockd (locks, lock, unlock, ratelimit), whose caller
+	// master has already checked.
+	MsgLockdCtl Type = 55
+	// lockd → master, CtlReply, no fd; the reply to MsgLockdCtl, which
+	// master passes on to smtpgatectl.
+	MsgLockdReply Type = 56
 )
 
 // spec says what a message type may carry.
@@ -73,20 +138,44 @@ type spec struct {
 	new  func() any
 }
 
+// optionalFDs lists the types whose descriptors may also be absent: a
+// reply that carries a descriptor on success and an error text otherwise.
+var optionalFDs = map[Type]bool{MsgSpoofSocket: true}
+
 var catalogue = map[Type]spec{
-	MsgHello:      {"HELLO", 0, func() any { return new(Hello) }},
-	MsgReady:      {"READY", 0, func() any { return new(Ready) }},
-	MsgConfig:     {"CONFIG", 0, func() any { return new(Config) }},
-	MsgAck:        {"ACK", 0, func() any { return new(Ack) }},
-	MsgPeerLink:   {"PEER_LINK", 1, func() any { return new(PeerLink) }},
-	MsgNewSession: {"NEW_SESSION", 1, func() any { return new(NewSession) }},
-	MsgSessionEnd: {"SESSION_END", 0, func() any { return new(SessionEnd) }},
-	MsgDstQuery:   {"DST_QUERY", 1, func() any { return new(DstQuery) }},
-	MsgDstAnswer:  {"DST_ANSWER", 0, func() any { return new(DstAnswer) }},
-	MsgScan:       {"SCAN", 1, func() any { return new(Scan) }},
-	MsgVerdict:    {"VERDICT", 0, func() any { return new(Verdict) }},
-	MsgCtlRequest: {"CTL_REQUEST", 0, func() any { return new(CtlRequest) }},
-	MsgCtlReply:   {"CTL_REPLY", 0, func() any { return new(CtlReply) }},
+	MsgHello:       {"HELLO", 0, func() any { return new(Hello) }},
+	MsgReady:       {"READY", 0, func() any { return new(Ready) }},
+	MsgConfig:      {"CONFIG", 0, func() any { return new(Config) }},
+	MsgAck:         {"ACK", 0, func() any { return new(Ack) }},
+	MsgPeerLink:    {"PEER_LINK", 1, func() any { return new(PeerLink) }},
+	MsgNewSession:  {"NEW_SESSION", 1, func() any { return new(NewSession) }},
+	MsgSessionEnd:  {"SESSION_END", 0, func() any { return new(SessionEnd) }},
+	MsgSessions:    {"SESSIONS", 0, func() any { return new(SessionsQuery) }},
+	MsgSessionList: {"SESSION_LIST", 0, func() any { return new(SessionList) }},
+	MsgKillSession: {"KILL_SESSION", 0, func() any { return new(KillSession) }},
+	MsgSpoofQuery:  {"SPOOF_QUERY", 0, func() any { return new(SpoofQuery) }},
+	MsgSpoofSocket: {"SPOOF_SOCKET", 1, func() any { return new(SpoofSocket) }},
+	MsgDstQuery:    {"DST_QUERY", 1, func() any { return new(DstQuery) }},
+	MsgDstAnswer:   {"DST_ANSWER", 0, func() any { return new(DstAnswer) }},
+	MsgDnsblQuery:  {"DNSBL_QUERY", 0, func() any { return new(DnsblQuery) }},
+	MsgDnsblAnswer: {"DNSBL_ANSWER", 0, func() any { return new(DnsblAnswer) }},
+	MsgSpfQuery:    {"SPF_QUERY", 0, func() any { return new(SpfQuery) }},
+	MsgSpfAnswer:   {"SPF_ANSWER", 0, func() any { return new(SpfAnswer) }},
+	MsgScan:        {"SCAN", 1, func() any { return new(Scan) }},
+	MsgVerdict:     {"VERDICT", 0, func() any { return new(Verdict) }},
+	MsgScanStart:   {"SCAN_START", 1, func() any { return new(ScanStart) }},
+	MsgScanFinish:  {"SCAN_FINISH", 1, func() any { return new(Scan) }},
+	MsgScanAbort:   {"SCAN_ABORT", 0, func() any { return new(ScanAbort) }},
+	MsgCtlRequest:  {"CTL_REQUEST", 0, func() any { return new(CtlRequest) }},
+	MsgCtlReply:    {"CTL_REPLY", 0, func() any { return new(CtlReply) }},
+
+	MsgPolicy:       {"POLICY", 0, func() any { return new(Policy) }},
+	MsgPolicyAnswer: {"POLICY_ANSWER", 0, func() any { return new(PolicyAnswer) }},
+	MsgFound:        {"FOUND", 0, func() any { return new(Found) }},
+	MsgIdentQuery:   {"IDENT_QUERY", 0, func() any { return new(IdentQuery) }},
+	MsgIdentAnswer:  {"IDENT_ANSWER", 0, func() any { return new(IdentAnswer) }},
+	MsgLockdCtl:     {"LOCKD_CTL", 0, func() any { return new(LockdCtl) }},
+	MsgLockdReply:   {"LOCKD_REPLY", 0, func() any { return new(CtlReply) }},
 }
 
 func (t Type) String() string {
@@ -171,6 +260,37 @@ type SessionEnd struct {
 	Transacts int    `msgpack:"transactions"`
 }
 
+// SessionsQuery asks a session worker for its live sessions. IDs, when
+// not empty, limits the answer to those sessions.
+type SessionsQuery struct {
+	IDs []uint64 `msgpack:"ids"`
+}
+
+// SessionRow is what a worker knows of one live session, for the status
+// table.
+type SessionRow struct {
+	ID     uint64         `msgpack:"id"`
+	State  string         `msgpack:"state"`
+	Target netip.AddrPort `msgpack:"target"`
+	Ident  string         `msgpack:"ident"`
+	// Transaction is the number of the current transaction (MAIL FROM
+	// accepted so far); Auth the auth flags of the CLOSE line.
+	Transaction int    `msgpack:"transaction"`
+	Auth        int    `msgpack:"auth"`
+	ClientRx    uint64 `msgpack:"client_rx"`
+	ServerRx    uint64 `msgpack:"server_rx"`
+}
+
+// SessionList is a worker's answer to SessionsQuery.
+type SessionList struct {
+	Rows []SessionRow `msgpack:"rows"`
+}
+
+// KillSession asks a worker to end one session now.
+type KillSession struct {
+	ID uint64 `msgpack:"id"`
+}
+
 // DstQuery asks where a connection was going. The client socket rides
 // along, for modes that ask the kernel about it.
 type DstQuery struct {
@@ -194,7 +314,58 @@ const (
 	LookupTimeout  = "timeout"
 	LookupMismatch = "mismatch"
 	LookupLoop     = "loop"
+	// LookupMalformed: a remote helper gave an address that is not
+	// one (msg_malformed_ip).
+	LookupMalformed = "malformed"
 )
+
+// SpoofQuery asks master for the outgoing socket of session ID (modes
+// tproxy, tproxy,netfilter): a TCP socket with SO_REUSEADDR and
+// IP_TRANSPARENT, bound to Client, the session's own client address and
+// port (master refuses any other). The session connects it.
+type SpoofQuery struct {
+	ID     uint64         `msgpack:"id"`
+	Client netip.AddrPort `msgpack:"client"`
+}
+
+// SpoofSocket answers SpoofQuery: the socket rides along, or Err says why
+// there is none.
+type SpoofSocket struct {
+	Err string `msgpack:"err"`
+}
+
+// DnsblQuery asks whether Addr is listed in any dnsbl zone. Zones are
+// queried in parallel, within timeout_lookup. ID is the session, for the
+// lookup process's log lines.
+type DnsblQuery struct {
+	ID   uint64     `msgpack:"id"`
+	Addr netip.Addr `msgpack:"addr"`
+}
+
+// DnsblAnswer: Zone is the first zone, in the order of the configuration,
+// that lists the address; empty when none does. Errors (NXDOMAIN aside)
+// count as not listed and are described in Err.
+type DnsblAnswer struct {
+	Zone   string `msgpack:"zone"`
+	Answer string `msgpack:"answer"` // the A record the zone gave, e.g. 127.0.0.2
+	Err    string `msgpack:"err"`
+}
+
+// SpfQuery asks for the SPF result of IP sending as Sender (the MAIL FROM
+// address, empty for the null sender) after HELO/EHLO Helo.
+type SpfQuery struct {
+	ID     uint64     `msgpack:"id"`
+	IP     netip.Addr `msgpack:"ip"`
+	Helo   string     `msgpack:"helo"`
+	Sender string     `msgpack:"sender"`
+}
+
+// SpfAnswer is the result: none, neutral, pass, fail, softfail,
+// temperror or permerror (RFC 7208 names); Err the library's reason.
+type SpfAnswer struct {
+	Result string `msgpack:"result"`
+	Err    string `msgpack:"err"`
+}
 
 // Scan asks for the verdict on one message. The spool file rides along
 // (read from offset 0; its first line is the spool header). Size is the
@@ -207,6 +378,24 @@ type Scan struct {
 	// Skip names the scans the session does not want (auth_skip for an
 	// authenticated client): "antivir", "antispam".
 	Skip []string `msgpack:"skip"`
+}
+
+// ScanStart starts a stream: the scanner feeds the spool file that rides
+// along to clamd (INSTREAM) as the session writes it, so that at the final
+// dot only the tail is left to send. SessionID and Transaction name the
+// stream on its link (a session has one message in DATA at a time); the
+// MsgScanFinish or MsgScanAbort for the same pair ends it.
+type ScanStart struct {
+	SessionID   uint64         `msgpack:"session"`
+	Transaction int            `msgpack:"transaction"`
+	Client      netip.AddrPort `msgpack:"client"`
+}
+
+// ScanAbort drops the stream of SessionID's Transaction: the message will
+// not be scanned.
+type ScanAbort struct {
+	SessionID   uint64 `msgpack:"session"`
+	Transaction int    `msgpack:"transaction"`
 }
 
 // Verdict kinds.
@@ -242,4 +431,106 @@ type CtlRequest struct {
 type CtlReply struct {
 	Code int    `msgpack:"code"`
 	Text string `msgpack:"text"`
+}
+
+// Rate-limit counters, named as their ratelimit_* options
+// (ratelimit_sessions counts messages).
+const (
+	RateConnections     = "connections"
+	RateMessages        = "messages"
+	RateRecipients      = "recipients"
+	RateBytes           = "bytes"
+	RateMailfromRejects = "mailfrom_rejects"
+	RateRcpttoRejects   = "rcptto_rejects"
+	RateAuthRejects     = "auth_rejects"
+)
+
+// Delta changes one rate-limit counter by N, unconditionally: bytes sent,
+// a rejection the MTA gave, or -1 for a message or recipient counted at
+// MAIL or RCPT that the MTA then refused.
+type Delta struct {
+	Name string `msgpack:"name"`
+	N    int64  `msgpack:"n"`
+}
+
+// Policy asks lockd about client Client (and Ident, in the remote
+// modes). In this order, under one lock per client address:
+//   - Lock: is the client locked? If so nothing is counted.
+//   - Add: the deltas are applied.
+//   - Check and Take: every counter named must be below its quota (0: no
+//     quota); if one is not, it is named in Over and nothing is taken;
+//     otherwise each counter in Take is counted by one.
+//
+// Add, Check and Take are ignored while ratelimit_period is 0.
+type Policy struct {
+	ID     uint64         `msgpack:"id"` // the session, for log lines
+	Client netip.AddrPort `msgpack:"client"`
+	Ident  string         `msgpack:"ident"`
+	Lock   bool           `msgpack:"lock"`
+	Add    []Delta        `msgpack:"add"`
+	Check  []string       `msgpack:"check"`
+	Take   []string       `msgpack:"take"`
+}
+
+// PolicyAnswer: Locked with the lock's Cause, or Over naming the first
+// counter at its quota, or neither. Err: lockd could not tell (a lock or
+// rate-limit file it could not read or write); the session answers 4xx.
+type PolicyAnswer struct {
+	Locked bool   `msgpack:"locked"`
+	Cause  string `msgpack:"cause"`
+	Over   string `msgpack:"over"`
+	Err    string `msgpack:"err"`
+}
+
+// Found reports an event of lock_on (Event is its word: virus, spam,
+// maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit) with what
+// the session knew, which becomes action_script's environment. Fields
+// not known are zero.
+type Found struct {
+	Event  string         `msgpack:"event"`
+	ID     uint64         `msgpack:"id"`
+	Client netip.AddrPort `msgpack:"client"`
+	Local  netip.AddrPort `msgpack:"local"`
+	Target netip.AddrPort `msgpack:"target"`
+	Ident  string         `msgpack:"ident"`
+	// IdentCount is the number of sessions from Client and Ident.
+	IdentCount int `msgpack:"ident_count"`
+	// Detail is the virus name, the DNSBL zone, the refused address or
+	// name, the rate-limit counter: what the event was about.
+	Detail      string  `msgpack:"detail"`
+	SpamScore   float64 `msgpack:"spam_score"`
+	Helo        string  `msgpack:"helo"`
+	MailFrom    string  `msgpack:"mail_from"`
+	Rcpts       int     `msgpack:"rcpts"` // recipients accepted in the session
+	Size        int64   `msgpack:"size"`
+	Transaction int     `msgpack:"transaction"`
+	Auth        int     `msgpack:"auth"`  // the auth flags of the CLOSE line
+	Spool       string  `msgpack:"spool"` // the spool file's path
+	// Start is when the session started, unix seconds.
+	Start int64 `msgpack:"start"`
+}
+
+// IdentQuery tells master the ident the lookup process found for session
+// ID.
+type IdentQuery struct {
+	ID    uint64 `msgpack:"id"`
+	Ident string `msgpack:"ident"`
+}
+
+// IdentAnswer: Count is the number of sessions from the same address and
+// ident, this one included. Over: max_per_ident is reached, the session
+// was not counted and must be refused. Err: master does not know the
+// session (it ended meanwhile).
+type IdentAnswer struct {
+	Count int    `msgpack:"count"`
+	Over  bool   `msgpack:"over"`
+	Err   string `msgpack:"err"`
+}
+
+// LockdCtl is a control command for lockd, as smtpgatectl gave it; UID is
+// the caller's, for the log.
+type LockdCtl struct {
+	Command string   `msgpack:"command"`
+	Args    []string `msgpack:"args"`
+	UID     int      `msgpack:"uid"`
 }

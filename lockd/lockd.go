@@ -1,44 +1,146 @@
-// Package lockd is the lockd process, the only writer of lock files and rate-limit files. It starts, drops its privileges and follows reloads; locking and rate limits come with that work.
+// Package lockd is the lockd process, the only writer of lock files
+// (lock_path) and rate-limit files (ratelimit_path). Session workers ask
+// it, over the links master hands it, whether a client is locked and
+// whether it is within its rate limits (one MsgPolicy, counting as it
+// checks), and tell it what they found (MsgFound): it makes the lock the
+// lock_on option asks for and runs action_script. Master tells it of
+// max_per_host refusals and forwards the smtpgatectl commands about locks
+// and rate limits. Everything about one client address is done by one
+// request at a time, and written before the answer goes: a lockd killed
+// at any moment loses no lock and no count it acknowledged.
+//
+// lockd is not chrooted: it runs action_script, which lives anywhere.
 package lockd
 
 import (
+	"errors"
+	"os"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/child"
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
+	"smtp-gated/internal/priv"
 	"smtp-gated/ipc"
 )
 
 type server struct {
-	env *child.Env
-	cfg atomic.Pointer[config.Config]
+	env    *child.Env
+	log    *logx.Logger
+	cfg    atomic.Pointer[config.Config]
+	uid    int // lockd's user: lock files of other users are an administrator's
+	keys   keyLocks
+	script *scriptRunner
 }
 
 // Run serves until master closes the link.
 func Run(env *child.Env) error {
-	s := &server{env: env}
+	s := &server{env: env, log: env.Log, script: newScriptRunner(env.Log)}
 	s.cfg.Store(env.Cfg)
-	// Not chrooted: its sockets and files live outside any one directory.
+	// The directories are made while lockd is still root, for set_user.
+	makeDirs(env.Cfg, env.Log)
+	// Not chrooted: action_script and the directories live anywhere.
 	if err := env.Drop(""); err != nil {
 		return err
 	}
+	s.uid = os.Geteuid()
 	if err := env.Ready(); err != nil {
 		return err
 	}
+	s.checkDirs(env.Cfg)
+	go s.sweeper()
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
 	env.LinkEnded(master.Run())
 	return nil
 }
 
-// fromMaster is the dispatch of messages from master.
-func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
-	switch v := m.Payload.(type) {
-	case *ipc.Config:
-		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
-			s.cfg.Store(cfg)
+// locking reports whether lock files are looked at: lock_duration 0
+// turns locking off.
+func locking(cfg *config.Config) bool { return cfg.LockDuration != 0 }
+
+// rating reports whether rate limits are kept: ratelimit_period 0 turns
+// them off.
+func rating(cfg *config.Config) bool { return cfg.RatelimitExpiration > 0 }
+
+// makeDirs creates lock_path and ratelimit_path when they are missing,
+// owned by set_user when lockd is root. Existing directories are left as
+// they are: they must let set_user write.
+func makeDirs(cfg *config.Config, log *logx.Logger) {
+	uid, gid := -1, -1
+	if id, err := priv.Resolve(cfg.SetUser, cfg.SetGroup); err == nil {
+		uid, gid = id.UID, id.GID
+	}
+	for _, dir := range []struct {
+		path string
+		used bool
+	}{{cfg.LockPath, locking(cfg)}, {cfg.RatelimitPath, rating(cfg)}} {
+		if !dir.used || dir.path == "" {
+			continue
 		}
-	default:
-		m.Close()
-		s.env.Fatalf("unexpected %v from master", m.Type)
+		if _, err := os.Stat(dir.path); !errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := os.MkdirAll(dir.path, 0o750); err != nil {
+			log.Errf("%s: %v", dir.path, err)
+			continue
+		}
+		if os.Geteuid() == 0 && uid >= 0 {
+			os.Chown(dir.path, uid, gid)
+		}
+	}
+}
+
+// checkDirs logs, once, the directories lockd cannot write in: the
+// trouble shows at start, not at the first virus. It also removes the
+// temporary files a killed lockd left behind (no other lockd writes
+// there now).
+func (s *server) checkDirs(cfg *config.Config) {
+	if locking(cfg) && unix.Access(cfg.LockPath, unix.W_OK|unix.X_OK) != nil {
+		s.log.Errf("lock_path %s: not writable by this user (uid %d): clients cannot be locked", cfg.LockPath, s.uid)
+	}
+	if rating(cfg) && unix.Access(cfg.RatelimitPath, unix.W_OK|unix.X_OK) != nil {
+		s.log.Errf("ratelimit_path %s: not writable by this user (uid %d): sessions will be refused (4xx)", cfg.RatelimitPath, s.uid)
+	}
+	far := time.Now().Add(time.Hour)
+	for _, dir := range []string{cfg.LockPath, cfg.RatelimitPath} {
+		if ents, err := os.ReadDir(dir); err == nil {
+			for _, e := range ents {
+				if len(e.Name()) > len(tmpPrefix) && e.Name()[:len(tmpPrefix)] == tmpPrefix {
+					s.removeStaleTemp(dir, e.Name(), far)
+				}
+			}
+		}
+	}
+}
+
+// sweepEvery is the time between sweeps: expired locks go within
+// lock_duration (at most a minute) of their expiry.
+func sweepEvery(cfg *config.Config) time.Duration {
+	if cfg.LockDuration > 0 {
+		return min(max(time.Duration(cfg.LockDuration)*time.Second, time.Second), time.Minute)
+	}
+	return time.Minute
+}
+
+// rateSweepEvery is the time between sweeps of ratelimit_path.
+const rateSweepEvery = 10 * time.Minute
+
+// sweeper removes expired locks and spent rate-limit records, for as
+// long as the process lives.
+func (s *server) sweeper() {
+	var lastRates time.Time
+	for {
+		time.Sleep(sweepEvery(s.cfg.Load()))
+		cfg, now := s.cfg.Load(), time.Now()
+		if locking(cfg) {
+			s.sweepLocks(cfg, now)
+		}
+		if now.Sub(lastRates) >= rateSweepEvery {
+			lastRates = now
+			s.sweepRates(cfg, now)
+		}
 	}
 }

@@ -67,6 +67,9 @@ func (m *master) acceptLoop() {
 			}
 			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
 				d := time.Duration(m.cfg.Load().EnfileSleep) * time.Second
+				if d <= 0 {
+					d = 100 * time.Millisecond // enfile_sleep 0: no busy loop
+				}
 				m.log.Errf("accept: %v: pausing %v", err, d)
 				time.Sleep(d)
 				continue
@@ -110,6 +113,8 @@ func (m *master) admit(c *net.TCPConn) {
 	case cfg.MaxPerHost > 0 && uint64(host) >= cfg.MaxPerHost:
 		by, text = "maxhost", cfg.MsgMaxPerHost
 		m.count.rejectHost++
+	case m.overLoad(cfg):
+		by, text = "load", cfg.MsgSystemLoad
 	default:
 		for _, p := range m.sessionProcs {
 			if p.ready && (w == nil || p.sessions < w.sessions) {
@@ -122,7 +127,7 @@ func (m *master) admit(c *net.TCPConn) {
 		}
 	}
 	if w != nil {
-		m.sessions[id] = &session{worker: w, src: src, start: time.Now()}
+		m.sessions[id] = &session{worker: w, src: src, start: time.Now(), done: make(chan struct{})}
 		m.perHost[src.Addr()]++
 		w.sessions++
 		total++
@@ -132,8 +137,11 @@ func (m *master) admit(c *net.TCPConn) {
 
 	m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
 	if w == nil {
+		m.mu.Lock()
+		m.countClose(by)
+		m.mu.Unlock()
 		m.log.Infof("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", by, src, id)
-		go m.reject(c, code, text)
+		go m.rejectEvent(c, code, text, by, src, local, id)
 		return
 	}
 	ns := &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
@@ -143,6 +151,7 @@ func (m *master) admit(c *net.TCPConn) {
 		m.log.Errf("hand-off of %v to %v: %v", src, w, err)
 		m.mu.Lock()
 		m.forget(id)
+		m.countClose("handoff")
 		m.mu.Unlock()
 		m.log.Infof("CLOSE by=handoff, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", src, id)
 		go m.reject(c, 421, cfg.MsgTempUnavail)
@@ -190,6 +199,8 @@ func (m *master) forget(id uint64) *session {
 		return nil
 	}
 	delete(m.sessions, id)
+	m.forgetIdent(id)
+	close(s.done)
 	if m.perHost[s.src.Addr()]--; m.perHost[s.src.Addr()] <= 0 {
 		delete(m.perHost, s.src.Addr())
 	}
@@ -210,6 +221,7 @@ func (m *master) endSession(p *proc, e *ipc.SessionEnd) bool {
 		return false
 	}
 	m.forget(e.ID)
+	m.countEnd(e)
 	if e.Direct {
 		m.count.direct++
 	}
@@ -230,6 +242,7 @@ func (m *master) dropSessionsOf(p *proc) int {
 		m.forget(id)
 		n++
 		m.count.lostSessions++
+		m.countClose("crash")
 		m.log.Infof("CLOSE by=crash, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, id=%d",
 			int64(time.Since(s.start)/time.Second), s.src, id)
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 )
 
@@ -53,6 +54,9 @@ func childEnv() []string {
 		}
 		env = append(env, kv)
 	}
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		env = append(env, logx.EnvSystemd+"=1")
+	}
 	return env
 }
 
@@ -67,6 +71,7 @@ func (m *master) spawn(p *proc) error {
 	cmd := exec.Command(m.opts.Exe, "-child", p.role)
 	cmd.Args[0] = "smtp-gated"          // what ps shows
 	cmd.ExtraFiles = []*os.File{theirs} // descriptor 3
+	cmd.ExtraFiles = append(cmd.ExtraFiles, m.extraFiles(p)...)
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = os.Stderr
 	cmd.Env = childEnv()
@@ -153,18 +158,18 @@ func (m *master) spawn(p *proc) error {
 }
 
 // linkPeers gives a child that just became ready its links to the
-// children it talks to directly: session workers to lookup and scanner.
+// children it talks to directly: session workers to lookup, scanner and lockd.
 func (m *master) linkPeers(p *proc) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch p.role {
 	case ipc.RoleSession:
-		for _, svc := range []*proc{m.lookup, m.scanner} {
+		for _, svc := range []*proc{m.lookup, m.scanner, m.lockd} {
 			if svc.ready {
 				m.link(p, svc)
 			}
 		}
-	case ipc.RoleLookup, ipc.RoleScanner:
+	case ipc.RoleLookup, ipc.RoleScanner, ipc.RoleLockd:
 		for _, s := range m.sessionProcs {
 			if s.ready {
 				m.link(s, p)
@@ -267,6 +272,16 @@ func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 	switch v := msg.Payload.(type) {
 	case *ipc.SessionEnd:
 		if p.role == ipc.RoleSession && m.endSession(p, v) {
+			return
+		}
+	case *ipc.SpoofQuery:
+		if p.role == ipc.RoleSession {
+			m.spoof(p, pe, msg, v)
+			return
+		}
+	case *ipc.IdentQuery:
+		if p.role == ipc.RoleSession {
+			m.identQuery(p, pe, msg, v)
 			return
 		}
 	}

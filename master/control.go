@@ -6,9 +6,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/internal/version"
 	"smtp-gated/ipc"
 )
@@ -95,43 +97,209 @@ func (m *master) control(uc *net.UnixConn) {
 	}
 }
 
-// Exit codes of smtpgatectl, as the reply carries them.
+// Exit codes of smtpgatectl, as the reply carries them (3, the daemon
+// could not be reached, is smtpgatectl's own).
 const (
-	ctlOK     = 0
-	ctlFailed = 1
-	ctlUsage  = 2
-	ctlDenied = 4
+	ctlOK       = 0
+	ctlFailed   = 1
+	ctlUsage    = 2
+	ctlDenied   = 4
+	ctlNotFound = 5
 )
+
+// commands lists the control commands: the words a request starts with,
+// whether they need root (or the daemon's own user), and their usage.
+var commands = []struct {
+	name       string
+	privileged bool
+	usage      string
+}{
+	{"status", false, "status"},
+	{"sessions", false, "sessions"},
+	{"stats", false, "stats [--prometheus]"},
+	{"dump", false, "dump"},
+	{"show", true, "show config"},
+	{"reload", true, "reload"},
+	{"stop", true, "stop"},
+	{"kill", true, "kill SESSION"},
+	{"log", true, "log level LEVEL"},
+	// Answered by lockd (limits.go); ratelimit set and reset are
+	// privileged, ratelimit show is not.
+	{"locks", false, "locks"},
+	{"lock", true, "lock ADDR [DURATION] [CAUSE]"},
+	{"unlock", true, "unlock ADDR"},
+	{"ratelimit", false, "ratelimit show|set|reset ADDR ..."},
+}
+
+func usageText() string {
+	var u []string
+	for _, c := range commands {
+		u = append(u, c.usage)
+	}
+	return "commands: " + strings.Join(u, ", ")
+}
+
+func reply(code int, format string, a ...any) *ipc.CtlReply {
+	return &ipc.CtlReply{Code: code, Text: fmt.Sprintf(format, a...)}
+}
 
 // command runs one control command for a caller with uid.
 func (m *master) command(req *ipc.CtlRequest, uid int) *ipc.CtlReply {
 	if req.Version != ipc.Version {
-		return &ipc.CtlReply{Code: ctlFailed, Text: fmt.Sprintf("smtpgatectl speaks version %d, the daemon %d: use the smtpgatectl of the running daemon", req.Version, ipc.Version)}
+		return reply(ctlFailed, "smtpgatectl speaks version %d, the daemon %d: use the smtpgatectl of the running daemon", req.Version, ipc.Version)
 	}
-	privileged := map[string]bool{"reload": true, "stop": true}
-	if privileged[req.Command] && uid != 0 && uid != os.Geteuid() {
-		m.log.Warningf("control socket: %q refused for uid %d", req.Command, uid)
-		return &ipc.CtlReply{Code: ctlDenied, Text: req.Command + ": permission denied (needs root)"}
+	known := false
+	for _, c := range commands {
+		if c.name != req.Command {
+			continue
+		}
+		known = true
+		if c.privileged && uid != 0 && uid != os.Geteuid() {
+			m.log.Warningf("control socket: %q refused for uid %d", req.Command, uid)
+			return reply(ctlDenied, "%s: permission denied (needs root or the daemon's user)", req.Command)
+		}
 	}
+	if !known {
+		return reply(ctlUsage, "unknown command %q; %s", req.Command, usageText())
+	}
+	args := req.Args
 	switch req.Command {
 	case "status":
-		return &ipc.CtlReply{Code: ctlOK, Text: m.status()}
-	case "reload", "stop":
-		op := ctlOp{op: req.Command, done: make(chan error, 1)}
-		select {
-		case m.requests <- op:
-		case <-m.quit:
-			return &ipc.CtlReply{Code: ctlFailed, Text: "the daemon is stopping"}
+		if len(args) != 0 {
+			break
 		}
-		if err := <-op.done; err != nil {
-			return &ipc.CtlReply{Code: ctlFailed, Text: fmt.Sprintf("%s failed: %v", req.Command, err)}
+		return reply(ctlOK, "%s", m.status())
+	case "sessions":
+		if len(args) != 0 {
+			break
+		}
+		var b strings.Builder
+		s := m.snap(true)
+		humanTable(&b, s)
+		return reply(ctlOK, "%s", b.String())
+	case "stats":
+		var b strings.Builder
+		switch {
+		case len(args) == 0:
+			statsText(&b, m.snap(false))
+		case len(args) == 1 && args[0] == "--prometheus":
+			prometheus(&b, m.snap(false))
+		default:
+			return reply(ctlUsage, "usage: stats [--prometheus]")
+		}
+		return reply(ctlOK, "%s", b.String())
+	case "dump":
+		if len(args) != 0 {
+			break
+		}
+		text, err := m.writeState()
+		if err != nil {
+			return reply(ctlFailed, "dump failed: %v", err)
+		}
+		return reply(ctlOK, "%s", text)
+	case "show":
+		if len(args) != 1 || args[0] != "config" {
+			return reply(ctlUsage, "usage: show config")
+		}
+		return reply(ctlOK, "%s", m.cfgText.Load().(string))
+	case "kill":
+		if len(args) != 1 {
+			return reply(ctlUsage, "usage: kill SESSION (the id of the NEW and CLOSE lines)")
+		}
+		id, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			return reply(ctlUsage, "kill: %q is not a session id", args[0])
+		}
+		m.log.Noticef("control socket: kill session %d (uid %d)", id, uid)
+		switch err := m.killSession(id); {
+		case errors.Is(err, errNoSession):
+			return reply(ctlNotFound, "kill: no such session %d", id)
+		case err != nil:
+			return reply(ctlFailed, "kill %d failed: %v", id, err)
+		}
+		return reply(ctlOK, "session %d killed", id)
+	case "log":
+		if len(args) != 2 || args[0] != "level" {
+			return reply(ctlUsage, "usage: log level LEVEL (debug, info, notice, warning, err, crit, alert, emerg)")
+		}
+		if err := m.mainLoop("loglevel", args[1]); err != nil {
+			if errors.Is(err, errBadLevel) {
+				return reply(ctlUsage, "log level: %v", err)
+			}
+			return reply(ctlFailed, "log level failed: %v", err)
+		}
+		return reply(ctlOK, "log level %s", args[1])
+	case "locks", "lock", "unlock", "ratelimit":
+		return m.lockdCommand(req, uid)
+	case "reload", "stop":
+		if len(args) != 0 {
+			break
+		}
+		if err := m.mainLoop(req.Command, ""); err != nil {
+			return reply(ctlFailed, "%s failed: %v", req.Command, err)
 		}
 		if req.Command == "stop" {
-			return &ipc.CtlReply{Code: ctlOK, Text: "stopping"}
+			return reply(ctlOK, "stopping")
 		}
-		return &ipc.CtlReply{Code: ctlOK, Text: "reloaded"}
+		return reply(ctlOK, "reloaded")
 	}
-	return &ipc.CtlReply{Code: ctlUsage, Text: fmt.Sprintf("unknown command %q; commands: status, reload, stop", req.Command)}
+	return reply(ctlUsage, "%s takes no arguments", req.Command)
+}
+
+// mainLoop runs op on master's main loop, where reloads and stops happen
+// one at a time, and returns its result.
+func (m *master) mainLoop(op, arg string) error {
+	o := ctlOp{op: op, arg: arg, done: make(chan error, 1)}
+	select {
+	case m.requests <- o:
+	case <-m.quit:
+		return errors.New("the daemon is stopping")
+	}
+	return <-o.done
+}
+
+var errBadLevel = errors.New("bad level")
+
+// setLogLevel changes log_level at run time, in master and every child:
+// the running configuration with the new level is pushed as a reload
+// would push it (children apply log_level from every configuration they
+// get). A reload sets the level of the file again.
+func (m *master) setLogLevel(level string) error {
+	cfg, err := config.Parse(strings.NewReader(m.cfgText.Load().(string)+"\nlog_level "+level+"\n"), "(smtpgatectl)")
+	if err != nil || strings.ContainsAny(level, " \t#;") {
+		return fmt.Errorf("%w %q", errBadLevel, level)
+	}
+	if err := m.setConfig(cfg); err != nil {
+		return err
+	}
+	m.log.SetLevel(int(cfg.LogLevel))
+	m.log.Noticef("log level set to %v", cfg.LogLevel)
+	text := m.cfgText.Load().(string)
+	m.mu.Lock()
+	var peers []*proc
+	for _, p := range m.allProcs() {
+		if p.ready {
+			peers = append(peers, p)
+		}
+	}
+	m.mu.Unlock()
+	var failed error
+	for _, p := range peers {
+		if err := m.push(p, text); err != nil {
+			m.log.Errf("log level: %v: %v", p, err)
+			failed = fmt.Errorf("%v: %w", p, err)
+		}
+	}
+	return failed
+}
+
+// dumpState writes the statefile on SIGUSR1.
+func (m *master) dumpState() {
+	if _, err := m.writeState(); err != nil {
+		m.log.Errf("status: %v", err)
+		return
+	}
+	m.log.Noticef("status written to %s", m.cfg.Load().Statefile)
 }
 
 // status is the text of `smtpgatectl status`.

@@ -23,6 +23,7 @@ import (
 
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
+	"smtp-gated/internal/resource"
 	"smtp-gated/internal/version"
 	"smtp-gated/ipc"
 )
@@ -46,6 +47,7 @@ type session struct {
 	worker *proc
 	src    netip.AddrPort
 	start  time.Time
+	done   chan struct{} // closed when the session is forgotten
 }
 
 // counters are totals since start.
@@ -70,6 +72,9 @@ type master struct {
 	ctl            *net.UnixListener
 	ctlPath        string
 	pidfile        string
+	// natDev is /dev/pf or /dev/ipnat for the lookup process (modes pf,
+	// ipfilter), opened before any child starts.
+	natDev *os.File
 
 	mu           sync.Mutex
 	sessionProcs []*proc
@@ -83,16 +88,19 @@ type master struct {
 	stopped      bool
 	drained      chan struct{}
 	count        counters
+	ops          opsState
+	lim          limits // max_per_ident, max_load (limits.go)
 
 	quit     chan struct{} // closed when the daemon stops
 	stopOnce sync.Once
 	requests chan ctlOp // control operations that run on the main loop
 }
 
-// ctlOp is a reload or stop asked for through the control socket; the
-// result goes back on done.
+// ctlOp is a reload, stop or log level change asked for through the
+// control socket; the result goes back on done.
 type ctlOp struct {
 	op   string
+	arg  string
 	done chan error
 }
 
@@ -130,13 +138,11 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 		if cfg.SetUser == "" {
 			log.Warningf("set_user is not set: children run as %q", "nobody")
 		}
-		d, err := os.MkdirTemp("", "smtp-gated-empty.")
+		d, err := emptyRoot(cfg.Pidfile)
 		if err != nil {
-			return fmt.Errorf("empty root directory: %w", err)
+			return err
 		}
-		os.Chmod(d, 0o555)
 		m.emptyDir = d
-		defer os.Remove(d)
 	}
 
 	// What needs root is opened first, before any child exists.
@@ -148,10 +154,30 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 		return err
 	}
 	defer os.Remove(m.pidfile)
-	if m.listener, err = listen(cfg.BindAddress, cfg.Port, int(cfg.ConnectQueue)); err != nil {
+	if m.listener, err = activated(); err != nil {
 		return err
 	}
+	if m.listener != nil {
+		log.Noticef("socket activation: listening on %v as passed by systemd (bind_address and port not used)", m.listener.Addr())
+	} else if m.listener, err = listen(cfg.BindAddress, cfg.Port, int(cfg.ConnectQueue)); err != nil {
+		return err
+	}
+	// Limits and priority before the children exist: they inherit them.
+	for _, note := range resource.Apply(cfg) {
+		log.Warningf("%s", note)
+	}
 	defer m.listener.Close()
+	if cfg.Mode == config.ModeTproxy || cfg.Mode == config.ModeTproxyNetfilter {
+		if err := transparent(m.listener); err != nil {
+			return err
+		}
+	}
+	if m.natDev, err = natDevice(cfg.Mode); err != nil {
+		return err
+	}
+	if m.natDev != nil {
+		defer m.natDev.Close()
+	}
 
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGINT)
@@ -168,6 +194,10 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	log.Noticef("smtp-gated %s started: pid %d, listening on %v, mode %v, %d session workers",
 		version.Version, os.Getpid(), m.listener.Addr(), cfg.Mode, len(m.sessionProcs))
 	notify(daemon.SdNotifyReady)
+	watchdog, interval := watchdogTicks()
+	if watchdog != nil {
+		log.Debugf("systemd watchdog: %v, pinging every %v", interval, interval/2)
+	}
 	if opts.Ready != nil {
 		fmt.Fprintf(opts.Ready, "ok\n")
 		opts.Ready.Close()
@@ -181,15 +211,19 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 			case syscall.SIGHUP:
 				m.reload()
 			case syscall.SIGUSR1:
-				m.log.Noticef("status: %s", m.summary())
+				go m.dumpState()
 			default:
 				m.log.Noticef("%v: stopping", sig)
 				return m.shutdown()
 			}
+		case <-watchdog:
+			notify(daemon.SdNotifyWatchdog)
 		case op := <-m.requests:
 			switch op.op {
 			case "reload":
 				op.done <- m.reload()
+			case "loglevel":
+				op.done <- m.setLogLevel(op.arg)
 			case "stop":
 				op.done <- nil
 				m.log.Noticef("stop requested through the control socket")

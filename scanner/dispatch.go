@@ -36,6 +36,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 		go func() {
 			err := sp.Run()
 			sp.Close()
+			s.streams.dropLink(sp)
 			if !errors.Is(err, io.EOF) {
 				// A worker that sends garbage loses its link; master
 				// relinks it when it restarts.
@@ -53,11 +54,24 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 // own, so that the link keeps serving the worker's other sessions.
 func (s *server) fromSession(p *ipc.Peer, m *ipc.Msg) {
 	switch v := m.Payload.(type) {
-	case *ipc.Scan:
+	case *ipc.ScanStart:
+		s.streams.start(p, s.engine(), v, m.TakeFile(0))
+	case *ipc.ScanAbort:
+		s.streams.abort(p, v.SessionID, v.Transaction)
+	case *ipc.Scan: // MsgScan, MsgScanFinish
 		f := m.TakeFile(0)
+		var st *stream
+		if m.Type == ipc.MsgScanFinish {
+			st = s.streams.take(p, v.SessionID, v.Transaction)
+		}
 		go func() {
 			defer f.Close()
-			verdict := s.engine().scan(context.Background(), v, f)
+			e := s.engine()
+			if st != nil {
+				defer st.cancel() // a scan that skipped clamd leaves it running
+				e.stream = st.antivirus(e.cfg)
+			}
+			verdict := e.scan(context.Background(), v, f)
 			if err := p.Reply(m, ipc.MsgVerdict, verdict); err != nil {
 				s.env.Log.Errf("verdict for session %d to %s: %v", v.SessionID, p.Name, err)
 			}

@@ -32,6 +32,9 @@ type engine struct {
 	log     *logx.Logger
 	tempDir func() (string, error)  // mksd's private directory
 	load    func() (float64, error) // the 1-minute load average
+	// stream finishes a message streamed to clamd while it arrived
+	// (stream.go), instead of a new scan of the whole file.
+	stream antivirus
 }
 
 // seconds turns a timeout_* option into a duration; 0 would fail every
@@ -47,6 +50,9 @@ func seconds(n uint64) time.Duration {
 func (e *engine) antivirus() antivirus {
 	switch e.cfg.AntivirusType {
 	case config.AntivirusClamd:
+		if e.stream != nil {
+			return e.stream
+		}
 		return &clamd{addr: e.cfg.AntivirusPath, timeout: seconds(e.cfg.TimeoutScanner)}
 	case config.AntivirusMksd:
 		return &mksd{addr: e.cfg.AntivirusPath, timeout: seconds(e.cfg.TimeoutScanner),

@@ -5,7 +5,8 @@
 // file's descriptor and gets one MsgVerdict back: clean, virus NAME,
 // spam SCORE, or error. The process holds no state between scans: every
 // scan opens its own connections, so a scanner that was restarted is
-// simply found again on the next scan.
+// simply found again on the next scan. (A message streamed to clamd while
+// it arrives, MsgScanStart, has its stream until its scan: stream.go.)
 package scanner
 
 import (
@@ -22,8 +23,9 @@ import (
 
 // server is the scanner process's state.
 type server struct {
-	env *child.Env
-	cfg atomic.Pointer[config.Config]
+	env     *child.Env
+	cfg     atomic.Pointer[config.Config]
+	streams streams // messages fed to clamd while they arrive (stream.go)
 
 	// tmp is the private directory for mksd's copies of spool files,
 	// made on first use (see tempDir).

@@ -62,6 +62,7 @@ func (e *engine) clientEnded(err error) {
 func (e *engine) command(cmd smtp.Command, line []byte) error {
 	cfg := e.cfg
 	skipRegex := e.authed && cfg.AuthSkip.Has(config.AuthSkipRegex)
+	e.c.setState(commandState(cmd.Verb))
 	switch cmd.Verb {
 	case "HELO", "EHLO":
 		if cfg.LogHelo {
@@ -69,6 +70,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
 			e.log.Noticef("[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
+			e.found(config.LockRegex, cmd.Arg)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexHelo)
 			return nil
 		}
@@ -81,7 +83,14 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
 			e.log.Noticef("[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
+			e.found(config.LockRegex, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexMailFrom)
+			return nil
+		}
+		if e.mailChecks(addr) {
+			return nil
+		}
+		if e.rateRefused("MAIL") {
 			return nil
 		}
 		e.from = addr
@@ -89,7 +98,11 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		addr, _, _ := smtp.Path(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
 			e.log.Noticef("[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
+			e.found(config.LockRegex, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexRcptTo)
+			return nil
+		}
+		if e.rateRefused("RCPT") {
 			return nil
 		}
 	case "BDAT", "XEXCH50":
@@ -109,6 +122,9 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		return e.startTLS(line)
 	case "AUTH":
+		if e.rateRefused("AUTH") {
+			return nil
+		}
 		return e.auth(line)
 	case "DATA":
 		return e.data(line)

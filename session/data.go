@@ -56,6 +56,7 @@ func (e *engine) natHeader() []byte {
 // arrives, and holds back the final dot until the scanner's verdict.
 func (e *engine) message() error {
 	cfg := e.cfg
+	e.c.setState(stData)
 	idle := time.Duration(cfg.TimeoutIdle) * time.Second
 	e.srv.SetWriteDeadline(time.Now().Add(idle))
 	var fwdErr error
@@ -66,6 +67,8 @@ func (e *engine) message() error {
 	if spErr != nil {
 		e.log.Errf("[%d] spool: %v", e.c.id, spErr)
 	}
+	st := e.startScan(sp) // scan_stream: clamd gets the message as it comes
+	defer st.abandon()    // unless scan took it at the dot
 	var f smtp.DataFilter
 	oversize := false
 	// feed passes one piece of the client's bytes through the filter and
@@ -119,6 +122,7 @@ func (e *engine) message() error {
 		dataPool.Put(bp)
 	}
 	size := f.Size()
+	e.c.pol.size = size
 	switch {
 	case oversize:
 		sp.remove()
@@ -139,8 +143,9 @@ func (e *engine) message() error {
 		return errTakeover
 	}
 	start := time.Now()
-	v := e.scan(sp, size)
-	e.log.Infof("[%d] message %d: %d bytes, verdict %s%s (%v)", e.c.id, e.c.trns, size, v.Kind, verdictDetail(v), time.Since(start).Round(time.Millisecond))
+	e.c.setState(stScan)
+	v := e.scan(sp, size, st)
+	e.log.Infof("[%d] message %d: %d bytes, verdict %s%s (%v)", e.c.id, e.c.trns.Load(), size, v.Kind, verdictDetail(v), time.Since(start).Round(time.Millisecond))
 	switch v.Kind {
 	case ipc.VerdictClean:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
@@ -153,12 +158,14 @@ func (e *engine) message() error {
 			name = cfg.MsgUnknownVirus
 		}
 		e.closeMTA()
+		e.foundMessage(config.LockVirus, v, sp, size)
 		e.local(".", 550, "5.7.1", cfg.MsgVirusFound+": "+name)
 		return errTakeover
 	case ipc.VerdictSpam:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveSpam) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
 		e.setBy("spam")
 		e.closeMTA()
+		e.foundMessage(config.LockSpam, v, sp, size)
 		e.local(".", 550, "5.7.1", fmt.Sprintf("%s (score %.1f)", cfg.MsgSpamFound, v.Score))
 		return errTakeover
 	}
@@ -188,12 +195,17 @@ func verdictDetail(v *ipc.Verdict) string {
 
 // release sends the final dot: the MTA's reply to it goes to the client.
 func (e *engine) release() error {
+	if err := e.beforeDot(); err != nil {
+		return err
+	}
+	e.c.setState(stPost)
 	_, err := e.send(".", "", []byte(".\r\n"), nil)
 	return err
 }
 
-// scan asks the scanner process for a verdict on the spooled message.
-func (e *engine) scan(sp *spoolFile, size int64) *ipc.Verdict {
+// scan asks the scanner process for a verdict on the spooled message;
+// st is the message's stream to clamd, if it was streamed (scanstream.go).
+func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 	cfg := e.cfg
 	skipAV := e.authed && cfg.AuthSkip.Has(config.AuthSkipAntivir)
 	skipAS := e.authed && cfg.AuthSkip.Has(config.AuthSkipAntispam)
@@ -220,16 +232,17 @@ func (e *engine) scan(sp *spoolFile, size int64) *ipc.Verdict {
 	}
 	defer f.Close()
 	wait := time.Duration(cfg.TimeoutScanner+cfg.TimeoutSpam)*time.Second + 5*time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	ctx, cancel := context.WithTimeout(e.c.ctx, wait)
 	defer cancel()
-	req := &ipc.Scan{SessionID: e.c.id, Transaction: e.c.trns, Size: size, Client: e.c.src, Skip: skip}
+	req := &ipc.Scan{SessionID: e.c.id, Transaction: int(e.c.trns.Load()), Size: size, Client: e.c.src, Skip: skip}
 	var m *ipc.Msg
 	var cerr error
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return fail(err)
 	}
-	if err := rc.Control(func(fd uintptr) { m, cerr = peer.Call(ctx, ipc.MsgScan, req, ipc.MsgVerdict, int(fd)) }); err != nil {
+	typ := st.finish(peer) // MsgScanFinish when the scanner has a stream
+	if err := rc.Control(func(fd uintptr) { m, cerr = peer.Call(ctx, typ, req, ipc.MsgVerdict, int(fd)) }); err != nil {
 		return fail(err)
 	}
 	if cerr != nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -72,6 +73,13 @@ type engine struct {
 	from    string
 	inTrans bool
 	srvDone chan struct{} // closed when serverLoop has returned
+	// reason is the MAIL reply of a takeover session that is not about a
+	// message (a failed destination look-up); msg_virus_no_more if empty.
+	reason string
+	// dnsblDone, dnsblZone: the DNSBL check that auth_skip dnsbl moved
+	// to the first MAIL FROM (checks.go).
+	dnsblDone bool
+	dnsblZone string
 }
 
 // errTakeover ends the relayed part of a session: the proxy talks to the
@@ -177,6 +185,7 @@ func (e *engine) relayGreeting(r *smtp.Reply) bool {
 	if e.cfg.Earlytalker && e.clientTalked() {
 		e.setBy("earlytalker")
 		e.log.Noticef("[%d] earlytalker: %v sent data before the greeting", e.c.id, e.c.src)
+		e.found(config.LockEarlytalker, "")
 		e.closeMTA()
 		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
 		e.cw.Flush()
@@ -188,6 +197,7 @@ func (e *engine) relayGreeting(r *smtp.Reply) bool {
 		e.setBy("client")
 		return false
 	}
+	e.c.setState(stHelo)
 	return true
 }
 
@@ -388,13 +398,13 @@ func (e *engine) answer(r *smtp.Reply) bool {
 			}
 			e.ext = smtp.RewriteEHLO(r, hide)
 			if e.ext.Auth {
-				e.c.authFlag |= authAdvertised
+				e.c.authFlag.Or(authAdvertised)
 			}
 		}
 	case "MAIL":
 		if r.Code/100 == 2 {
 			e.inTrans = true
-			e.c.trns++
+			e.c.trns.Add(1)
 		}
 		e.logAddr("MAIL FROM", e.cfg.LogMailFrom, p.arg, r)
 	case "RCPT":
@@ -413,13 +423,13 @@ func (e *engine) answer(r *smtp.Reply) bool {
 		switch {
 		case r.Code == 235:
 			e.authed = true
-			e.c.authFlag |= authAccepted
+			e.c.authFlag.Or(authAccepted)
 			if e.cfg.AuthSkip.Has(config.AuthSkipDirect) {
 				e.direct = true
 				stop = true
 			}
 		case r.Code >= 400:
-			e.c.authFlag |= authRejected
+			e.c.authFlag.Or(authRejected)
 		}
 	case "STARTTLS":
 		if r.Code == 220 {
@@ -427,6 +437,7 @@ func (e *engine) answer(r *smtp.Reply) bool {
 			stop = true
 		}
 	}
+	e.rateAnswer(p.verb, r.Code)
 	p.reply = r
 	e.forward--
 	e.flushLocked()
@@ -455,15 +466,16 @@ func (e *engine) logAddr(what string, mask config.LogAddr, arg string, r *smtp.R
 	e.log.Infof("[%d] %s <%s> %d", e.c.id, what, addr, r.Code)
 }
 
-// counter counts the bytes read through it.
+// counter counts the bytes read through it (atomically: the status
+// query reads the count while the session runs).
 type counter struct {
 	r io.Reader
-	n *uint64
+	n *atomic.Uint64
 }
 
 func (c counter) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	*c.n += uint64(n)
+	c.n.Add(uint64(n))
 	return n, err
 }
 

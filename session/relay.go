@@ -31,16 +31,24 @@ var errIdle = errors.New("idle")
 // It returns the CLOSE cause (client, server, idle) and the bytes received
 // from each side.
 func relay(client, server *net.TCPConn, idle time.Duration) (by string, cliRx, srvRx uint64) {
+	var fromClient, fromServer atomic.Uint64
+	by = relayInto(client, server, idle, &fromClient, &fromServer)
+	return by, fromClient.Load(), fromServer.Load()
+}
+
+// relayInto is relay adding the bytes received from each side to
+// fromClient and fromServer as they move, where the status query sees
+// them. It returns the CLOSE cause.
+func relayInto(client, server *net.TCPConn, idle time.Duration, fromClient, fromServer *atomic.Uint64) (by string) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
-	var fromClient, fromServer atomic.Uint64
 	type end struct {
 		side string
 		err  error
 	}
 	done := make(chan end, 2)
-	go func() { done <- end{"client", pump(client, server, &fromClient, &last, idle)} }()
-	go func() { done <- end{"server", pump(server, client, &fromServer, &last, idle)} }()
+	go func() { done <- end{"client", pump(client, server, fromClient, &last, idle)} }()
+	go func() { done <- end{"server", pump(server, client, fromServer, &last, idle)} }()
 	first := <-done
 	// Whichever side ended first ends the session: after a server's 221
 	// nothing more is wanted from the client, and the other way round.
@@ -56,7 +64,7 @@ func relay(client, server *net.TCPConn, idle time.Duration) (by string, cliRx, s
 		// Writing failed: it is the other side that went away.
 		by = map[string]string{"client": "server", "server": "client"}[first.side]
 	}
-	return by, fromClient.Load(), fromServer.Load()
+	return by
 }
 
 // pump moves src to dst until src ends. It returns io.EOF when src

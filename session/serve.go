@@ -26,26 +26,17 @@ type conn struct {
 	ident  string
 	start  time.Time
 
-	by       string
-	cliRx    uint64
-	srvRx    uint64
-	direct   bool
-	trns     int
-	rcpts    int
-	authFlag int
+	by     string
+	direct bool
+	rcpts  int
+	pol    policy // locks, rate limits, max_per_ident (policy.go)
+
+	live // state, counters, target: read by the status query (status.go)
 }
 
 // serve runs one session from hand-off to close, and always ends with one
 // CLOSE line and a SessionEnd to master.
-func (w *worker) serve(ns *ipc.NewSession, f *os.File) {
-	c := &conn{
-		id:    ns.ID,
-		cfg:   w.cfg.Load(),
-		src:   ns.Client,
-		local: ns.Local,
-		start: time.Unix(0, ns.Accepted),
-		by:    "error",
-	}
+func (w *worker) serve(c *conn, f *os.File) {
 	defer w.finish(c)
 	nc, err := net.FileConn(f)
 	f.Close()
@@ -61,16 +52,46 @@ func (w *worker) serve(ns *ipc.NewSession, f *os.File) {
 	}
 	c.client = tc
 	defer c.client.Close()
+	// A kill closes the client socket: whatever reads it returns.
+	defer context.AfterFunc(c.ctx, func() { tc.Close() })()
 
-	if msg, by := w.destination(c); by != "" {
+	c.setState(stIdent)
+
+	// The DNSBL zones are asked while the destination is looked up
+	// (unless auth_skip dnsbl delays the check to MAIL FROM).
+	var listed chan string
+	if c.cfg.Dnsbl != "" && !c.cfg.AuthSkip.Has(config.AuthSkipDNSBL) {
+		listed = make(chan string, 1)
+		go func() { listed <- w.dnsblListed(c) }()
+	}
+	msg, by := w.destination(c)
+	zone := ""
+	if listed != nil {
+		zone = <-listed
+	}
+	switch {
+	case by == "loop":
 		c.by = by
-		code := 421
-		if by == "loop" {
-			code = 554 // an early reject, as for the other limits
-		}
-		c.reply(code, msg)
+		c.reply(554, msg) // an early reject, as for the other limits
+		hangUp(c.client)
+		return
+	case zone != "":
+		c.by = "dnsbl"
+		w.lockEvent(c, config.LockDNSBL, zone)
+		c.reply(554, dnsblText(c.cfg, zone))
+		hangUp(c.client)
+		return
+	case by != "":
+		// The documented answer to a failed look-up: a greeting, then
+		// the takeover session, whose MAIL reply says why.
+		c.by = by
+		w.refuseLookup(c, msg)
 		return
 	}
+	if !w.admitSession(c) {
+		return
+	}
+	c.setState(stConnect)
 	server, msg, err := w.connect(c)
 	if err != nil {
 		c.by = "connect"
@@ -79,21 +100,29 @@ func (w *worker) serve(ns *ipc.NewSession, f *os.File) {
 		return
 	}
 	defer server.Close()
+	defer context.AfterFunc(c.ctx, func() { server.Close() })()
+	c.setState(stPre)
 	w.log.Debugf("[%d] connected to %v", c.id, c.dst)
 	newEngine(w, c, server).run()
 }
 
 // finish logs the CLOSE line and tells master.
 func (w *worker) finish(c *conn) {
+	w.policyEnd(c)
+	w.forget(c)
+	if c.killed.Load() {
+		c.by = "killed"
+	}
 	secs := int64(time.Since(c.start) / time.Second)
 	tag := "CLOSE"
 	if c.direct {
 		tag = "CLOSE:DIRECT"
 	}
 	w.log.Infof("%s by=%s, rcv=%d/%d, trns=%d, rcpts=%d, auth=%d, time=%d, src=%v, ident=%s, id=%d",
-		tag, c.by, c.cliRx, c.srvRx, c.trns, c.rcpts, c.authFlag, secs, c.src, c.ident, c.id)
-	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx, ServerRx: c.srvRx,
-		Direct: c.direct, Empty: c.trns == 0, Transacts: c.trns}
+		tag, c.by, c.cliRx.Load(), c.srvRx.Load(), c.trns.Load(), c.rcpts, c.authFlag.Load(), secs, c.src, c.ident, c.id)
+	trns := int(c.trns.Load())
+	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
+		Direct: c.direct, Empty: trns == 0, Transacts: trns}
 	if err := w.master.Send(ipc.MsgSessionEnd, end); err != nil {
 		w.log.Errf("[%d] telling master the session ended: %v", c.id, err)
 	}
@@ -111,13 +140,17 @@ func (w *worker) destination(c *conn) (msg, by string) {
 	cfg := c.cfg
 	switch cfg.Mode {
 	case config.ModeFixed, config.ModeFixedXclient:
-		c.dst = netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort)
+		c.setDestination(netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort), "")
 		return "", ""
 	}
 	lp := w.lookup.Load()
 	if lp == nil {
 		w.log.Errf("[%d] look-up: the lookup process is not available", c.id)
 		return cfg.MsgLookupFailed, "lookup"
+	}
+	if cfg.Mode.Remote() && !c.src.Addr().Unmap().Is4() {
+		w.log.Errf("[%d] look-up: mode %v asks IPv4 helpers: client %v is IPv6", c.id, cfg.Mode, c.src)
+		return cfg.MsgMalformedIp, "lookup"
 	}
 	rc, err := c.client.SyscallConn()
 	if err != nil {
@@ -130,8 +163,8 @@ func (w *worker) destination(c *conn) (msg, by string) {
 		return cfg.MsgLookupFailed, "lookup"
 	}
 	defer unix.Close(dup)
-	timeout := time.Duration(cfg.TimeoutLookup) * time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	timeout := lookupBudget(cfg)
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	defer cancel()
 	m, err := lp.Call(ctx, ipc.MsgDstQuery, &ipc.DstQuery{Client: c.src, Local: c.local}, ipc.MsgDstAnswer, dup)
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -145,7 +178,7 @@ func (w *worker) destination(c *conn) (msg, by string) {
 	a := m.Payload.(*ipc.DstAnswer)
 	switch a.Fail {
 	case "":
-		c.dst, c.ident = a.Dst, a.Ident
+		c.setDestination(a.Dst, a.Ident)
 		return "", ""
 	case ipc.LookupLoop:
 		w.log.Warningf("[%d] avoiding loop: %v is the proxy itself", c.id, a.Dst)
@@ -159,6 +192,9 @@ func (w *worker) destination(c *conn) (msg, by string) {
 	case ipc.LookupMismatch:
 		w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
 		return cfg.MsgLookupMismatch, "lookup"
+	case ipc.LookupMalformed:
+		w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
+		return cfg.MsgMalformedIp, "lookup"
 	}
 	w.log.Warningf("[%d] look-up: %s", c.id, a.Err)
 	return cfg.MsgLookupFailed, "lookup"
@@ -168,11 +204,14 @@ func (w *worker) destination(c *conn) (msg, by string) {
 // timeout_connect. On failure it also returns the text for the client.
 func (w *worker) connect(c *conn) (*net.TCPConn, string, error) {
 	cfg := c.cfg
+	if cfg.Spoofs(c.src.Addr()) {
+		return w.spoofConnect(c)
+	}
 	d := net.Dialer{Timeout: time.Duration(cfg.TimeoutConnect) * time.Second}
 	if out := cfg.OutgoingAddr; out.IsValid() && !out.IsUnspecified() && out.Unmap().Is4() == c.dst.Addr().Unmap().Is4() {
 		d.LocalAddr = &net.TCPAddr{IP: out.AsSlice()}
 	}
-	nc, err := d.Dial("tcp", c.dst.String())
+	nc, err := d.DialContext(c.ctx, "tcp", c.dst.String())
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

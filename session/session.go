@@ -22,8 +22,10 @@ type worker struct {
 	master  *ipc.Peer
 	lookup  atomic.Pointer[ipc.Peer]
 	scanner atomic.Pointer[ipc.Peer]
+	lockd   atomic.Pointer[ipc.Peer]
 	wg      sync.WaitGroup
 	spool   *spool
+	live    sessions
 }
 
 // Run serves until master closes the link. A session worker is always
@@ -59,11 +61,20 @@ func (w *worker) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	switch v := m.Payload.(type) {
 	case *ipc.NewSession:
 		f := m.TakeFile(0)
+		c := w.newConn(v)
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
-			w.serve(v, f)
+			w.serve(c, f)
 		}()
+	case *ipc.SessionsQuery:
+		if err := p.Reply(m, ipc.MsgSessionList, w.rows(v)); err != nil {
+			w.env.Fatalf("reply to master: %v", err)
+		}
+	case *ipc.KillSession:
+		if err := p.Reply(m, ipc.MsgAck, w.killSession(v)); err != nil {
+			w.env.Fatalf("reply to master: %v", err)
+		}
 	case *ipc.Config:
 		if cfg := w.env.Reconfigure(p, m, v); cfg != nil {
 			w.cfg.Store(cfg)
@@ -77,6 +88,8 @@ func (w *worker) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 			slot = &w.lookup
 		case ipc.RoleScanner:
 			slot = &w.scanner
+		case ipc.RoleLockd:
+			slot = &w.lockd
 		default:
 			w.env.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
 		}

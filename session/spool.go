@@ -69,7 +69,7 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 		sp.f = f
 		break
 	}
-	sp.write(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, c.trns))
+	sp.write(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, c.trns.Load()))
 	return sp, nil
 }
 

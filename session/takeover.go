@@ -20,6 +20,7 @@ func (e *engine) takeover() {
 		e.flushClient()
 		e.mu.Unlock()
 	}
+	e.c.setState(stTakeover)
 	e.pushClient() // the reply that started the takeover
 	timeout := time.Duration(cfg.TimeoutSession) * time.Second
 	for n := 1; ; n++ {
@@ -49,7 +50,11 @@ func (e *engine) takeover() {
 		case "HELO", "EHLO":
 			say(250, "", cfg.MsgHello)
 		case "MAIL":
-			say(451, "4.3.2", cfg.MsgVirusNoMore)
+			reason := cfg.MsgVirusNoMore
+			if e.reason != "" {
+				reason = e.reason
+			}
+			say(451, "4.3.2", reason)
 		case "RCPT", "DATA":
 			say(503, "5.5.1", cfg.MsgProtoError)
 		default:
@@ -62,6 +67,7 @@ func (e *engine) takeover() {
 // both ways, with timeout_direct.
 func (e *engine) goDirect() {
 	e.c.direct = true
+	e.c.setState(stDirect)
 	e.pushServer()
 	e.pushClient()
 	// What was read ahead on either side goes first.
@@ -75,9 +81,7 @@ func (e *engine) goDirect() {
 	}
 	e.cli.SetDeadline(time.Time{})
 	e.srv.SetDeadline(time.Time{})
-	by, cli, srv := relay(e.cli, e.srv, time.Duration(e.cfg.TimeoutDirect)*time.Second)
-	e.c.cliRx += cli
-	e.c.srvRx += srv
+	by := relayInto(e.cli, e.srv, time.Duration(e.cfg.TimeoutDirect)*time.Second, &e.c.cliRx, &e.c.srvRx)
 	e.setBy(by)
 }
 

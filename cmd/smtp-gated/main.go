@@ -48,7 +48,7 @@ func usage(w io.Writer) {
   -f        run in the foreground, logging to standard error too
   -K        stop the running daemon (TERM)
   -r        reload the running daemon's configuration (HUP)
-  -s        ask the running daemon for its status (USR1) and print it
+  -s        make the running daemon write its status file (as USR1), print it
   -S        print the status file's name
   -t        check the configuration and print it (without msg_* texts)
   -T        check the configuration and print it (with msg_* texts)
@@ -146,9 +146,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case *reload:
 		return signalDaemon(cfg, syscall.SIGHUP, stdout, stderr)
 	case *status:
-		if rc := signalDaemon(cfg, syscall.SIGUSR1, io.Discard, stderr); rc != 0 {
-			return rc
-		}
 		return printStatus(cfg, stdout, stderr)
 	}
 	return start(path, cfg, *fg, stderr)
@@ -208,15 +205,53 @@ func signalDaemon(cfg *config.Config, sig syscall.Signal, stdout, stderr io.Writ
 	return 0
 }
 
-// printStatus prints the daemon's status through the control socket.
+// printStatus makes the daemon write its statefile, as USR1 does, and
+// prints the file. Through the control socket the write is synchronous
+// (`dump`); without one, USR1 is sent and the file watched until it is
+// replaced.
 func printStatus(cfg *config.Config, stdout, stderr io.Writer) int {
-	r, err := ipc.Control(cfg.ControlSocket, "status", nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
+	if cfg.Statefile == "" {
+		fmt.Fprintf(stderr, "smtp-gated: statefile is not set\n")
 		return 1
 	}
-	fmt.Fprint(stdout, r.Text)
-	return r.Code
+	if cfg.ControlSocket != "" {
+		r, err := ipc.Control(cfg.ControlSocket, "dump", nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
+			return 1
+		}
+		if r.Code != 0 {
+			fmt.Fprint(stderr, r.Text)
+			return 1
+		}
+		b, err := os.ReadFile(cfg.Statefile)
+		if err != nil {
+			// Not readable by this user: the daemon's answer is the
+			// same text.
+			b = []byte(r.Text)
+		}
+		stdout.Write(b)
+		return 0
+	}
+	old, _ := os.Stat(cfg.Statefile)
+	if rc := signalDaemon(cfg, syscall.SIGUSR1, io.Discard, stderr); rc != 0 {
+		return rc
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		fi, err := os.Stat(cfg.Statefile)
+		if err != nil || (old != nil && os.SameFile(old, fi)) {
+			continue
+		}
+		b, err := os.ReadFile(cfg.Statefile)
+		if err != nil {
+			fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
+			return 1
+		}
+		stdout.Write(b)
+		return 0
+	}
+	fmt.Fprintf(stderr, "smtp-gated: the daemon did not write %s within 10 s (see its log)\n", cfg.Statefile)
+	return 1
 }
 
 // exe is the binary children are executed from: on Linux the running

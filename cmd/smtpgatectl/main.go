@@ -15,17 +15,33 @@ import (
 const defaultSocket = "/var/run/smtp-gated/control.sock"
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `usage: smtpgatectl [-c config_file | -s socket] command
+	fmt.Fprintf(w, `usage: smtpgatectl [-c config_file | -s socket] command [argument ...]
 
 commands:
-  status    print the daemon's status
-  reload    reload the configuration (as SIGHUP; needs root)
-  stop      stop accepting, let sessions finish, exit (needs root)
+  status                print the daemon's status and its processes
+  sessions              print the live sessions, one line each
+  stats                 print the counters, one "name: value" a line
+  stats --prometheus    the counters in Prometheus text format
+  dump                  write the status file (as SIGUSR1) and print it
+  show config           print the running configuration (needs root)
+  reload                reload the configuration (as SIGHUP; needs root)
+  stop                  stop accepting, let sessions finish, exit (needs root)
+  kill SESSION          end the session with that id now (needs root)
+  log level LEVEL       change log_level in every process (needs root)
+  locks                 list the lock files
+  lock ADDR [DURATION] [CAUSE]
+                        lock a client (needs root)
+  unlock ADDR           remove a client's lock (needs root)
+  ratelimit show ADDR   print a client's rate-limit counts and quotas
+  ratelimit set ADDR NAME=VALUE...
+                        give a client quotas of its own (needs root)
+  ratelimit reset ADDR [all]
+                        zero a client's counts; all: its quotas too (needs root)
 
-The control socket is control_socket of the configuration file given with
--c, or %s.
+"needs root": root or the user the daemon runs as. The control socket is
+control_socket of the configuration file given with -c, or %s.
 Exit status: 0 done, 1 failed, 2 usage, 3 daemon not reachable,
-4 permission denied.
+4 permission denied, 5 no such session, lock or rate-limit record.
 `, defaultSocket)
 }
 

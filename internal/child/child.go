@@ -15,6 +15,7 @@ import (
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/priv"
+	"smtp-gated/internal/resource"
 	"smtp-gated/ipc"
 )
 
@@ -68,6 +69,11 @@ func Begin(role string) (*Env, error) {
 	log = log.With(name + ": ")
 	if lerr != nil && !h.Foreground {
 		log.Warningf("%v; logging to standard error", lerr)
+	}
+	// Inherited from master already; applied again from the
+	// configuration the child was given. Master logged what does not apply.
+	for _, note := range resource.Apply(cfg) {
+		log.Debugf("%s", note)
 	}
 	return &Env{Role: role, Hello: h, Cfg: cfg, Log: log, Master: conn, hello: m}, nil
 }

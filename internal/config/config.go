@@ -137,10 +137,17 @@ type Config struct {
 	AntispamType  AntispamType  // default AntispamOff
 	AntispamPath  string        // default "/var/run/spamd/spamd_socket"
 	DspamStorage  string        // default "/var/spool/smtp-gated/dspam" (unused: no libdspam)
+	// ScanStream: send the message to clamd while it arrives; default
+	// ScanStreamAuto (added by this project)
+	ScanStream ScanStream
 
 	// DNSBL
 
 	Dnsbl string // default "" (comma-separated zones; see DnsblZones)
+	// DnsServer: nameservers for DNSBL and SPF, "ip" or "ip:port",
+	// comma-separated; default "" (those of /etc/resolv.conf, read at
+	// start) (added by this project)
+	DnsServer string
 
 	// SPF
 
@@ -326,6 +333,7 @@ func Default() *Config {
 		AntivirusPath: "/var/run/clamav/clamd.ctl",
 		AntispamPath:  "/var/run/spamd/spamd_socket",
 		DspamStorage:  "/var/spool/smtp-gated/dspam",
+		ScanStream:    ScanStreamAuto,
 
 		Earlytalker: true,
 
@@ -409,4 +417,59 @@ func (c *Config) DnsblZones() []string {
 		}
 	}
 	return zones
+}
+
+// DNSServers returns the dns_server addresses as "host:port" (port 53
+// when not given), in order, without blanks and empty entries. Entries
+// are checked by Parse.
+func (c *Config) DNSServers() []string {
+	var out []string
+	for s := range strings.SplitSeq(c.DnsServer, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			out = append(out, ap.String())
+		} else if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+			out = append(out, netip.AddrPortFrom(a, 53).String())
+		}
+	}
+	return out
+}
+
+// Spoofs reports whether the connection from src is relayed from the
+// client's own address (TPROXY): always in mode tproxy; in mode
+// tproxy,netfilter only for sources outside the private ranges of the
+// manual (10/8, 172.16/12, 192.168/16, 169.254/16), whose destination
+// netfilter gives instead. IPv6 clients have no private range there.
+func (c *Config) Spoofs(src netip.Addr) bool {
+	switch c.Mode {
+	case ModeTproxy:
+		return true
+	case ModeTproxyNetfilter:
+		return !PrivateIPv4(src)
+	}
+	return false
+}
+
+// PrivateIPv4 reports whether a is in one of the ranges mode
+// tproxy,netfilter hands to netfilter.
+func PrivateIPv4(a netip.Addr) bool {
+	a = a.Unmap()
+	if !a.Is4() {
+		return false
+	}
+	for _, p := range privateV4 {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+var privateV4 = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("169.254.0.0/16"),
 }

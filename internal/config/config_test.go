@@ -117,6 +117,7 @@ var changed = map[string][2]string{
 	"spam_max_load":              {"0", "0"},
 	"spam_threshold":             {"5.25", "5.25"},
 	"ignore_errors":              {"yes", "yes"},
+	"scan_stream":                {"on", "yes"},
 	"log_helo":                   {"ON", "yes"},
 	"log_mail_from":              {"accepted,base64", "accepted,base64"},
 	"log_rcpt_to":                {"rejected", "rejected"},
@@ -133,6 +134,7 @@ var changed = map[string][2]string{
 	"antispam_path":              {"127.0.0.1:783", "127.0.0.1:783"},
 	"dspam_storage":              {"/d", "/d"},
 	"dnsbl":                      {"zen.example.org,bl.example.net", "zen.example.org,bl.example.net"},
+	"dns_server":                 {"192.0.2.53,[2001:db8::53]:5353", "192.0.2.53,[2001:db8::53]:5353"},
 	"spf":                        {"fixed", "fixed"},
 	"spf_log_only":               {"true", "yes"},
 	"spf_fixed_ip":               {"198.51.100.7", "198.51.100.7"},
@@ -629,7 +631,8 @@ func TestRestartOnly(t *testing.T) {
 		}
 	}
 	wantRestart := []string{"bind_address", "port", "pidfile", "chroot_path", "set_user", "set_group", "priority",
-		"session_workers", "control_socket", "mode", "max_connections", "log_level", "log_facility"}
+		"session_workers", "control_socket", "limit_core_size", "limit_virt_size", "limit_data_size", "limit_fsize",
+		"mode", "max_connections", "log_level", "log_facility"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("[RESTART] options: got %v, want %v", restart, wantRestart)
 	}

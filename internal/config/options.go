@@ -80,10 +80,10 @@ var sections = []*section{
 		o("control_socket").restartOnly(),
 	}},
 	{title: "RESOURCE CONTROL", opts: []*option{
-		o("limit_core_size"),
-		o("limit_virt_size"),
-		o("limit_data_size"),
-		o("limit_fsize"),
+		o("limit_core_size").restartOnly(),
+		o("limit_virt_size").restartOnly(),
+		o("limit_data_size").restartOnly(),
+		o("limit_fsize").restartOnly(),
 	}},
 	{title: "MODE", opts: []*option{
 		o("mode").restartOnly(),
@@ -160,9 +160,11 @@ var sections = []*section{
 		o("antispam_type"),
 		o("antispam_path"),
 		o("dspam_storage"),
+		o("scan_stream"),
 	}},
 	{title: "DNSBL", opts: []*option{
 		o("dnsbl"),
+		o("dns_server"),
 	}},
 	{title: "SPF", opts: []*option{
 		o("spf"),
@@ -243,6 +245,7 @@ var enumDefs = map[reflect.Type]*enumDef{
 	reflect.TypeFor[NatHeaderType](): natHeaderTypeDef,
 	reflect.TypeFor[AntivirusType](): antivirusTypeDef,
 	reflect.TypeFor[AntispamType]():  antispamTypeDef,
+	reflect.TypeFor[ScanStream]():    scanStreamDef,
 	reflect.TypeFor[SPFMode]():       spfModeDef,
 }
 

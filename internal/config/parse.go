@@ -187,6 +187,19 @@ func (c *Config) check(file string, lines map[string]int) error {
 			Msg:      "fixed needs spf_fixed_ip, which is not set",
 			Accepted: "set spf_fixed_ip, or choose another spf mode"})
 	}
+	for srv := range strings.SplitSeq(c.DnsServer, ",") {
+		if srv = strings.TrimSpace(srv); srv == "" {
+			continue
+		}
+		if _, err := netip.ParseAddrPort(srv); err == nil {
+			continue
+		}
+		if _, err := netip.ParseAddr(strings.Trim(srv, "[]")); err != nil {
+			errs = append(errs, &Error{File: file, Line: lines["dns_server"], Option: "dns_server",
+				Msg:      fmt.Sprintf("%q is not an address", srv),
+				Accepted: "IP or IP:PORT ([IPv6]:PORT), comma-separated"})
+		}
+	}
 	return joinErrors(errs)
 }
 

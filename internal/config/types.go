@@ -414,6 +414,28 @@ var antivirusTypeDef = &enumDef{
 
 func (a AntivirusType) String() string { return antivirusTypeDef.name(uint32(a), "AntivirusType") }
 
+// ScanStream is the scan_stream option (added by this project): whether a
+// message goes to clamd while it arrives (INSTREAM, fed from the spool
+// file) rather than all at once after the final dot.
+type ScanStream int
+
+// Values of ScanStream.
+const (
+	ScanStreamNo   ScanStream = iota // no: FILDES or INSTREAM after the dot
+	ScanStreamYes                    // yes: stream over either transport
+	ScanStreamAuto                   // auto: stream when antivirus_path is TCP
+)
+
+var scanStreamDef = &enumDef{
+	aliases: map[string]string{"off": "no", "false": "no", "on": "yes", "true": "yes"},
+	words: []enumWord{
+		{"no", uint32(ScanStreamNo), 0},
+		{"yes", uint32(ScanStreamYes), 1},
+		{"auto", uint32(ScanStreamAuto), 2},
+	}}
+
+func (s ScanStream) String() string { return scanStreamDef.name(uint32(s), "ScanStream") }
+
 // AntispamType is the antispam_type option. The original's libdspam is not
 // supported by this build: Parse refuses it.
 type AntispamType int

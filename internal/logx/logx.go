@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -42,19 +43,60 @@ type output struct {
 	sys    *syslog.Writer
 	stderr io.Writer
 	stamp  bool
+	// prio puts "<N>" (the level) before each line on standard error:
+	// journald reads it as the line's priority.
+	prio bool
+}
+
+// EnvSystemd is set by master for its children when it runs under
+// systemd (NOTIFY_SOCKET was set), which their environment no longer says.
+const EnvSystemd = "SMTPGATED_SYSTEMD"
+
+// UnderSystemd reports whether lines on standard error are read by
+// systemd, which time-stamps them itself: standard error is the journal
+// (JOURNAL_STREAM names it), or the process logs to standard error (the
+// foreground) and was started by systemd (NOTIFY_SOCKET, or EnvSystemd
+// in a child).
+func UnderSystemd(toStderr bool) bool {
+	return journalStderr() || (toStderr && (os.Getenv("NOTIFY_SOCKET") != "" || os.Getenv(EnvSystemd) == "1"))
+}
+
+// journalStderr reports whether descriptor 2 is the journal stream that
+// JOURNAL_STREAM ("device:inode") names: a shell in between may have
+// redirected it elsewhere.
+func journalStderr() bool {
+	js := os.Getenv("JOURNAL_STREAM")
+	if js == "" {
+		return false
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(2, &st); err != nil {
+		return false
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino) == js
 }
 
 // New makes a logger for one process. facility is the syslog facility
 // number (daemon = 3); level the highest level written. With useSyslog the
 // connection to the system log is opened now, before any chroot. With
 // toStderr every line also goes to standard error, time-stamped unless
-// systemd's journal reads it (JOURNAL_STREAM set), which stamps lines
-// itself. When syslog cannot be reached, lines go to standard error and
-// the error is returned for the caller to report.
+// systemd reads it (UnderSystemd), which stamps lines itself. When syslog
+// cannot be reached, lines go to standard error and the error is returned
+// for the caller to report.
+//
+// When standard error is the journal and toStderr is set, syslog is not
+// used: under systemd /dev/log is the journal too, and every line would
+// be there twice. The lines then start with "<N>", the level, which
+// journald keeps as their priority (and passes on to a syslog daemon that
+// reads the journal); the facility is the unit's SyslogFacility=.
 func New(tag string, facility, level int, useSyslog, toStderr bool) (*Logger, error) {
 	o := &output{tag: tag}
 	o.level.Store(int32(level))
 	var err error
+	if toStderr && journalStderr() {
+		useSyslog = false
+		o.prio = true
+	}
 	if useSyslog {
 		o.sys, err = syslog.Dial("", "", syslog.Priority(facility<<3)|syslog.LOG_INFO, tag)
 		if err != nil {
@@ -64,7 +106,7 @@ func New(tag string, facility, level int, useSyslog, toStderr bool) (*Logger, er
 	}
 	if toStderr || o.sys == nil {
 		o.stderr = os.Stderr
-		o.stamp = os.Getenv("JOURNAL_STREAM") == ""
+		o.stamp = !UnderSystemd(toStderr)
 	}
 	return &Logger{out: o}, err
 }
@@ -121,6 +163,9 @@ func (l *Logger) logf(level int, format string, a ...any) {
 	}
 	if o.stderr != nil {
 		var b strings.Builder
+		if o.prio {
+			fmt.Fprintf(&b, "<%d>", level)
+		}
 		if o.stamp {
 			b.WriteString(time.Now().Format("2006-01-02T15:04:05.000 "))
 		}

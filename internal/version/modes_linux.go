@@ -2,4 +2,5 @@ package version
 
 import "smtp-gated/internal/config"
 
-var modes = []config.Mode{config.ModeFixed, config.ModeFixedXclient, config.ModeGetsockname, config.ModeNetfilter}
+var modes = []config.Mode{config.ModeFixed, config.ModeFixedXclient, config.ModeRemote, config.ModeRemoteUDP,
+	config.ModeGetsockname, config.ModeNetfilter, config.ModeTproxy, config.ModeTproxyNetfilter}

@@ -56,6 +56,7 @@ max_connections 5000
 max_per_host 0
 connect_queue 1024
 log_level info
+max_load 0
 %s
 `, sport, port, dir, dir, dir, strings.Join(extra, "\n"))
 	d := harness.StartDaemon(b, cfg)

@@ -140,6 +140,7 @@ session_workers 1
 log_level debug
 earlytalker no
 timeout_session 5
+max_load 0
 # %[6]s
 %[7]s
 `, mtaHost, mtaPort, proxyHost, port, dir, s.file, strings.Join(s.config, "\n"))

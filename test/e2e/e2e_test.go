@@ -54,6 +54,7 @@ ratelimit_path %s
 log_level debug
 session_workers 2
 timeout_shutdown 30
+max_load 0
 %s
 `, s.pf.Port, s.port, s.dir, s.dir, s.dir, s.dir, s.dir, s.dir, strings.Join(extra, "\n"))
 }

@@ -42,8 +42,14 @@ func TestNoDescriptorLeak(t *testing.T) {
 	}
 	defer sink.Close()
 	_, sport, _ := net.SplitHostPort(sink.Addr())
-	s := &setup{dir: t.TempDir(), port: harness.FreePort(t)}
-	os.Chmod(s.dir, 0o755)
+	dir, err := os.MkdirTemp("", "sge-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// Children run unprivileged: they must reach the directory.
+	os.Chmod(dir, 0o755)
+	s := &setup{dir: dir, port: harness.FreePort(t)}
 	cfg := fmt.Sprintf(`mode fixed
 fixed_server 127.0.0.1
 fixed_server_port %s
@@ -56,7 +62,11 @@ session_workers 2
 max_per_host 0
 max_connections 1000
 log_level notice
-`, sport, s.port, s.dir, s.dir, s.dir)
+max_load 0
+lock_path %s/lock
+ratelimit_path %s/ratelimit
+spool_path %s/spool
+`, sport, s.port, s.dir, s.dir, s.dir, s.dir, s.dir, s.dir)
 	d := harness.StartDaemon(t, cfg)
 	pids := append([]int{d.Pid()}, children(t, d)["session"]...)
 	count := func() map[int][2]int {

@@ -91,6 +91,7 @@ type daemonOpts struct {
 	bin          string
 	readyTimeout time.Duration
 	noReady      bool
+	files        []*os.File
 }
 
 // Option changes how StartDaemon runs the daemon.
@@ -111,6 +112,13 @@ func WithEnv(kv ...string) Option {
 // of as the test's own user.
 func WithUser(uid, gid uint32) Option {
 	return func(o *daemonOpts) { o.cred = &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}} }
+}
+
+// WithExtraFiles passes files to the daemon as descriptors 3, 4, ...
+// (exec.Cmd's ExtraFiles): a listener for socket activation, say. The
+// caller keeps and closes its copies.
+func WithExtraFiles(files ...*os.File) Option {
+	return func(o *daemonOpts) { o.files = append(o.files, files...) }
 }
 
 // WithBinary runs the given executable instead of the smtp-gated built from
@@ -299,6 +307,7 @@ func StartDaemon(t testing.TB, config string, opts ...Option) *Daemon {
 	cmd.Stdout = pw // one pipe for both: lines keep their order
 	cmd.Stderr = pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: o.cred}
+	cmd.ExtraFiles = o.files
 	if err := cmd.Start(); err != nil {
 		started()
 		pr.Close()
@@ -371,7 +380,7 @@ func listenNotify(path string) (*net.UnixConn, error) {
 	if err == nil {
 		var serr error
 		err = rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PASSCRED, 1)
+			serr = passCred(int(fd))
 		})
 		if err == nil {
 			err = serr
@@ -386,20 +395,14 @@ func listenNotify(path string) (*net.UnixConn, error) {
 
 func (d *Daemon) readNotify(c *net.UnixConn) {
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
+	oob := make([]byte, credSpace())
 	for {
 		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 		if err != nil {
 			return // closed by Cleanup
 		}
 		note := Notification{Text: strings.TrimRight(string(buf[:n]), "\n"), Time: time.Now()}
-		if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil {
-			for _, m := range msgs {
-				if cred, err := syscall.ParseUnixCredentials(&m); err == nil {
-					note.Pid = int(cred.Pid)
-				}
-			}
-		}
+		note.Pid = credPid(oob[:oobn])
 		d.mu.Lock()
 		d.notes = append(d.notes, note)
 		d.broadcastLocked()

@@ -1,0 +1,49 @@
+package logx
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// With standard error the journal, a foreground logger does not use
+// syslog (the journal would get every line twice) and marks each line
+// with its level instead of a time stamp.
+func TestJournal(t *testing.T) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(2, &st); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	t.Setenv(EnvSystemd, "")
+	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
+	l, _ := New("smtp-gated", 3, Info, true, true)
+	if l.out.sys != nil || !l.out.prio || l.out.stamp {
+		t.Fatalf("under the journal: syslog %v, prio %v, stamp %v; want no syslog, prio, no stamp", l.out.sys != nil, l.out.prio, l.out.stamp)
+	}
+	var b strings.Builder
+	l.out.stderr = &b
+	l.With("master: ").Warningf("two\nlines")
+	l.Debugf("not at level info")
+	if got, want := b.String(), fmt.Sprintf("<4>smtp-gated[%d]: warning: master: two lines\n", syscall.Getpid()); got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+
+	// JOURNAL_STREAM naming another file (a shell redirected stderr):
+	// not the journal.
+	t.Setenv("JOURNAL_STREAM", "1:1")
+	if journalStderr() || UnderSystemd(true) {
+		t.Errorf("JOURNAL_STREAM of another file taken for standard error")
+	}
+	// Foreground under systemd without the journal: no stamps, syslog kept.
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	if !UnderSystemd(true) || UnderSystemd(false) {
+		t.Errorf("UnderSystemd with NOTIFY_SOCKET: foreground %v, background %v; want true, false", UnderSystemd(true), UnderSystemd(false))
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	t.Setenv(EnvSystemd, "1")
+	if !UnderSystemd(true) {
+		t.Errorf("a child told by master (%s=1) does not know it runs under systemd", EnvSystemd)
+	}
+}

@@ -1,0 +1,218 @@
+package lockd
+
+import (
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
+	"smtp-gated/internal/resource"
+	"smtp-gated/ipc"
+)
+
+// action_script runs on lockd's own time: the request that made the lock
+// is answered first. At most scriptSlots scripts run at once, at most
+// scriptQueue more wait for a slot (beyond that a run is dropped and
+// logged: an action flood must not become a process flood), and a script
+// that runs longer than scriptTimeout is killed with its whole process
+// group. Nothing a script does can hold up a session.
+const (
+	scriptSlots   = 4
+	scriptQueue   = 64
+	scriptTimeout = 30 * time.Second
+	scriptOutput  = 1024 // bytes of a failing script's output that are logged
+)
+
+// scriptRunner runs action scripts.
+type scriptRunner struct {
+	log     *logx.Logger
+	timeout time.Duration
+	slots   chan struct{}
+	waiting atomic.Int32
+	wg      sync.WaitGroup // running and waiting scripts, for tests
+}
+
+func newScriptRunner(log *logx.Logger) *scriptRunner {
+	return &scriptRunner{log: log, timeout: scriptTimeout, slots: make(chan struct{}, scriptSlots)}
+}
+
+// start runs cfg's action_script with env, when a slot is free.
+func (r *scriptRunner) start(cfg *config.Config, env []string, what string) {
+	if cfg.ActionScript == "" {
+		return
+	}
+	if r.waiting.Add(1) > scriptSlots+scriptQueue {
+		r.waiting.Add(-1)
+		r.log.Warningf("action_script for %s not run: %d scripts already running or waiting", what, scriptSlots+scriptQueue)
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer r.waiting.Add(-1)
+		r.slots <- struct{}{}
+		defer func() { <-r.slots }()
+		r.run(cfg, env, what)
+	}()
+}
+
+// run runs the script and waits for it, within the timeout.
+func (r *scriptRunner) run(cfg *config.Config, env []string, what string) {
+	// resource.Script applies the limit_* options the daemon's own
+	// processes leave out; the others are inherited from lockd.
+	cmd := resource.Script(cfg, cfg.ActionScript)
+	cmd.Env = env
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out := &capped{max: scriptOutput}
+	cmd.Stdout, cmd.Stderr = out, out
+	// A script that leaves a child holding its output must not hold
+	// this goroutine once it has exited itself.
+	cmd.WaitDelay = 2 * time.Second
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		r.log.Errf("action_script %s for %s: %v", cfg.ActionScript, what, err)
+		return
+	}
+	var timedOut atomic.Bool
+	pgid := cmd.Process.Pid
+	timer := time.AfterFunc(r.timeout, func() {
+		timedOut.Store(true)
+		syscall.Kill(-pgid, syscall.SIGKILL)
+	})
+	err := cmd.Wait()
+	timer.Stop()
+	took := time.Since(start).Round(time.Millisecond)
+	switch {
+	case timedOut.Load():
+		r.log.Errf("action_script %s for %s: still running after %v: killed (process group %d)%s", cfg.ActionScript, what, r.timeout, pgid, out.logged())
+	case err != nil:
+		r.log.Warningf("action_script %s for %s: %v after %v%s", cfg.ActionScript, what, err, took, out.logged())
+	default:
+		r.log.Infof("action_script %s for %s: done in %v", cfg.ActionScript, what, took)
+	}
+}
+
+// capped keeps the first max bytes written to it.
+type capped struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if room := c.max - len(c.b); room > 0 {
+		c.b = append(c.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (c *capped) logged() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.b) == 0 {
+		return ""
+	}
+	return "; output: " + strconv.Quote(strings.TrimSpace(string(c.b)))
+}
+
+// foundWords are the values of FOUND per lock_on event. The manual names
+// the first four; the others are this version's.
+var foundWords = map[string]string{
+	"virus": "VIRUS", "spam": "SPAM", "maxhost": "MAX_HOST", "maxident": "MAX_IDENT",
+	"dnsbl": "DNSBL", "spf": "SPF", "regex": "REGEX", "earlytalker": "EARLYTALK", "ratelimit": "RATELIMIT",
+}
+
+// scriptEvents are the events the manual runs the script for even when
+// they do not lock.
+var scriptEvents = map[string]bool{"virus": true, "spam": true, "maxhost": true, "maxident": true}
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// scriptEnv is the script's whole environment: PATH, and every variable
+// of the manual, empty when not known.
+func scriptEnv(cfg *config.Config, f *ipc.Found, lockFile string) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	ip := func(ap netip.AddrPort) string {
+		if !ap.IsValid() {
+			return ""
+		}
+		return ap.Addr().Unmap().String()
+	}
+	port := func(ap netip.AddrPort) string {
+		if !ap.IsValid() {
+			return ""
+		}
+		return strconv.Itoa(int(ap.Port()))
+	}
+	num := func(n int64, known bool) string {
+		if !known {
+			return ""
+		}
+		return strconv.FormatInt(n, 10)
+	}
+	virus, score := "", ""
+	switch f.Event {
+	case "virus":
+		virus = f.Detail
+	case "spam":
+		score = strconv.FormatFloat(f.SpamScore, 'f', -1, 64)
+	}
+	start := time.Unix(f.Start, 0)
+	vars := [][2]string{
+		{"PATH", path},
+		{"PROXY_NAME", cfg.ProxyHostName()},
+		{"FOUND", foundWords[f.Event]},
+		{"VIRUS_NAME", virus},
+		{"SPAM_SCORE", score},
+		{"SOURCE_IP", ip(f.Client)},
+		{"SOURCE_PORT", port(f.Client)},
+		{"TARGET_IP", ip(f.Target)},
+		{"TARGET_PORT", port(f.Target)},
+		{"LOCAL_IP", ip(f.Local)},
+		{"LOCAL_PORT", port(f.Local)},
+		{"IDENT", f.Ident},
+		{"IDENT_COUNT", num(int64(f.IdentCount), f.Ident != "")},
+		{"HELO", f.Helo},
+		{"MAIL_FROM", f.MailFrom},
+		{"RCPTS_TOTAL", strconv.Itoa(f.Rcpts)},
+		{"SIZE", strconv.FormatInt(f.Size, 10)},
+		{"TRANSACTION", strconv.Itoa(f.Transaction)},
+		{"AUTH", strconv.Itoa(f.Auth)},
+		{"SPOOL_NAME", f.Spool},
+		{"LOCK_FILE", lockFile},
+		{"TIME", num(0, false)},
+		{"UNIXTIME", num(f.Start, f.Start != 0)},
+	}
+	if f.Start != 0 {
+		vars[len(vars)-2][1] = start.Format(time.ANSIC)
+	}
+	env := make([]string, 0, len(vars))
+	for _, v := range vars {
+		env = append(env, v[0]+"="+envSafe(v[1]))
+	}
+	return env
+}
+
+// envSafe replaces the control characters a client could have put into
+// HELO or MAIL FROM: a NUL would make the environment invalid, the others
+// are no business of a shell script.
+func envSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, s)
+}

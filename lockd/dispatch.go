@@ -1,0 +1,202 @@
+package lockd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/ipc"
+)
+
+// fromMaster is the dispatch of messages from master. Work that touches
+// files runs on a goroutine of its own, so that the link keeps serving.
+func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
+	switch v := m.Payload.(type) {
+	case *ipc.Config:
+		old := s.cfg.Load()
+		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			s.cfg.Store(cfg)
+			if old.LockPath != cfg.LockPath || old.RatelimitPath != cfg.RatelimitPath ||
+				locking(old) != locking(cfg) || rating(old) != rating(cfg) {
+				makeDirs(cfg, s.log) // as set_user now: only where it may
+				s.checkDirs(cfg)
+			}
+		}
+	case *ipc.PeerLink:
+		f := m.TakeFile(0)
+		defer f.Close()
+		if v.Role != ipc.RoleSession {
+			s.env.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
+		}
+		conn, err := ipc.NewConn(f)
+		if err != nil {
+			s.env.Fatalf("link to session %d: %v", v.Index, err)
+		}
+		name := fmt.Sprintf("session %d", v.Index)
+		sp := ipc.NewPeer(conn, name, s.fromSession)
+		go func() {
+			err := sp.Run()
+			sp.Close()
+			if !errors.Is(err, io.EOF) {
+				// A worker that sends garbage loses its link; master
+				// relinks it when it restarts.
+				s.log.Errf("link to %s: %v", name, err)
+			}
+		}()
+	case *ipc.Found:
+		go func() {
+			ack := &ipc.Ack{}
+			if err := s.found(v); err != nil {
+				ack.Err = err.Error()
+			}
+			if err := p.Reply(m, ipc.MsgAck, ack); err != nil {
+				s.log.Errf("reply to master: %v", err)
+			}
+		}()
+	case *ipc.LockdCtl:
+		go func() {
+			if err := p.Reply(m, ipc.MsgLockdReply, s.control(v)); err != nil {
+				s.log.Errf("reply to master: %v", err)
+			}
+		}()
+	default:
+		m.Close()
+		s.env.Fatalf("unexpected %v from master", m.Type)
+	}
+}
+
+// fromSession is the dispatch of messages from one session worker. Each
+// request runs on a goroutine of its own: requests about different
+// clients go on in parallel, those about one client one at a time
+// (keyLocks). A worker waits for each answer before it asks again for the
+// same session, so its requests keep their order.
+func (s *server) fromSession(p *ipc.Peer, m *ipc.Msg) {
+	switch v := m.Payload.(type) {
+	case *ipc.Policy:
+		go func() {
+			if err := p.Reply(m, ipc.MsgPolicyAnswer, s.policy(v)); err != nil {
+				s.log.Errf("[%d] reply to %s: %v", v.ID, p.Name, err)
+			}
+		}()
+	case *ipc.Found:
+		go func() {
+			ack := &ipc.Ack{}
+			if err := s.found(v); err != nil {
+				ack.Err = err.Error()
+			}
+			if err := p.Reply(m, ipc.MsgAck, ack); err != nil {
+				s.log.Errf("[%d] reply to %s: %v", v.ID, p.Name, err)
+			}
+		}()
+	default:
+		m.Close()
+		s.log.Errf("unexpected %v from %s: closing the link", m.Type, p.Name)
+		p.Close()
+	}
+}
+
+// policy answers a Policy request (see ipc.Policy).
+func (s *server) policy(q *ipc.Policy) *ipc.PolicyAnswer {
+	cfg := s.cfg.Load()
+	a := &ipc.PolicyAnswer{}
+	c, err := newClient(q.Client.Addr(), q.Ident)
+	if err != nil {
+		a.Err = err.Error()
+		return a
+	}
+	unlock := s.keys.lock(c.addr)
+	defer unlock()
+	now := time.Now()
+	if q.Lock && locking(cfg) {
+		locked, cause, err := s.lockState(cfg, c, now)
+		if err != nil {
+			s.log.Errf("[%d] %v: lock state: %v", q.ID, c, err)
+			a.Err = err.Error()
+			return a
+		}
+		a.Locked, a.Cause = locked, cause
+	}
+	if a.Locked {
+		// Nothing is taken for a locked client; what happened is still
+		// counted.
+		r := *q
+		r.Check, r.Take = nil, nil
+		q = &r
+	}
+	if rating(cfg) && len(q.Add)+len(q.Check)+len(q.Take) > 0 {
+		over, err := s.rate(cfg, c, q, now)
+		if err != nil {
+			s.log.Errf("[%d] %v: rate limits: %v", q.ID, c, err)
+			return &ipc.PolicyAnswer{Err: err.Error()}
+		}
+		a.Over = over
+	}
+	return a
+}
+
+// events are the lock_on words a Found may carry.
+var events = map[string]config.LockOn{
+	"virus": config.LockVirus, "spam": config.LockSpam, "maxhost": config.LockMaxHost,
+	"maxident": config.LockMaxIdent, "dnsbl": config.LockDNSBL, "spf": config.LockSPF,
+	"regex": config.LockRegex, "earlytalker": config.LockEarlytalker, "ratelimit": config.LockRatelimit,
+}
+
+// found handles an event: a lock when lock_on names it (unless an
+// administrator's file protects the client, or it is locked already),
+// then action_script, per the manual: when the lock was made, and for
+// virus, spam, maxhost and maxident also when the event does not lock
+// (not in lock_on, lock_duration 0, a protected client, a lock that could
+// not be made). The lock exists when found returns; the script runs later.
+func (s *server) found(f *ipc.Found) error {
+	cfg := s.cfg.Load()
+	if f.Event == "earlytalk" {
+		f.Event = "earlytalker"
+	}
+	bit, ok := events[f.Event]
+	if !ok {
+		return fmt.Errorf("unknown event %q", f.Event)
+	}
+	c, err := newClient(f.Client.Addr(), f.Ident)
+	if err != nil {
+		return err
+	}
+	what := fmt.Sprintf("%s from %v", f.Event, c)
+	if f.Detail != "" {
+		what += " (" + printable(f.Detail) + ")"
+	}
+	lock := locking(cfg) && cfg.LockOn.Has(bit)
+	var res lockResult
+	var lerr error
+	if lock {
+		now := time.Now()
+		unlock := s.keys.lock(c.addr)
+		res, lerr = s.makeLock(cfg, c, f.Event, time.Time{}, false, now)
+		unlock()
+		switch {
+		case lerr != nil:
+			s.log.Errf("[%d] LOCK %v for %s failed: %v", f.ID, c, what, lerr)
+		case res.created:
+			until := "forever"
+			if cfg.LockDuration > 0 {
+				until = "until " + now.Add(time.Duration(cfg.LockDuration)*time.Second).Format(time.DateTime)
+			}
+			s.log.Noticef("[%d] LOCK %v: %s, %s, %s", f.ID, c, what, until, res.path)
+		case res.protector != nil:
+			s.log.Noticef("[%d] LOCK %v: not locked for %s: %s belongs to %s, an administrator's file",
+				f.ID, c, what, res.protector.path, ownerName(res.protector.owner))
+		default:
+			s.log.Debugf("[%d] %v locked already: %s", f.ID, c, what)
+		}
+	}
+	run := res.created || (scriptEvents[f.Event] && (!lock || res.protector != nil || lerr != nil))
+	if run && cfg.ActionScript != "" {
+		lockFile := ""
+		if res.created {
+			lockFile = res.path
+		}
+		s.script.start(cfg, scriptEnv(cfg, f, lockFile), what)
+	}
+	return lerr
+}

@@ -1,0 +1,80 @@
+package master
+
+import (
+	"fmt"
+	"os"
+
+	"smtp-gated/internal/child"
+	"smtp-gated/internal/config"
+	"smtp-gated/ipc"
+)
+
+// Modes tproxy and tproxy,netfilter: the listener takes connections to
+// any address (IP_TRANSPARENT), and the connection to the MTA leaves from
+// the client's own address and port. Binding a socket to an address that
+// is not the host's needs privilege, so master creates and binds the
+// socket and the session worker connects it.
+
+// spoof answers a session worker's SpoofQuery. A worker asking for
+// another address than its own session's client is not trusted further:
+// it is killed, like any worker that breaks the protocol.
+func (m *master) spoof(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.SpoofQuery) {
+	cfg := m.cfg.Load()
+	m.mu.Lock()
+	s, ok := m.sessions[q.ID]
+	valid := ok && s.worker == p && s.src == q.Client && cfg.Spoofs(q.Client.Addr())
+	m.mu.Unlock()
+	if !valid {
+		m.log.Errf("%v asked for a socket bound to %v for session %d, which is not its client's: killing it", p, q.Client, q.ID)
+		m.mu.Lock()
+		if p.peer == pe && p.cmd != nil {
+			p.cmd.Process.Kill()
+		}
+		m.mu.Unlock()
+		return
+	}
+	fd, err := spoofSocket(q.Client)
+	if err != nil {
+		m.log.Errf("[%d] outgoing socket from %v: %v", q.ID, q.Client, err)
+		if err := pe.Reply(msg, ipc.MsgSpoofSocket, &ipc.SpoofSocket{Err: err.Error()}); err != nil {
+			m.log.Debugf("reply to %v: %v", p, err)
+		}
+		return
+	}
+	defer closeFD(fd)
+	if err := pe.Reply(msg, ipc.MsgSpoofSocket, &ipc.SpoofSocket{}, fd); err != nil {
+		m.log.Debugf("reply to %v: %v", p, err)
+	}
+}
+
+// natDevice opens the device the lookup process asks about NAT state in
+// modes pf and ipfilter, while master is still root; it is passed to
+// every lookup process on child.NatDevFD.
+func natDevice(mode config.Mode) (*os.File, error) {
+	var path string
+	switch mode {
+	case config.ModePf:
+		path = "/dev/pf"
+	case config.ModeIpfilter:
+		path = "/dev/ipnat"
+	default:
+		return nil, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("mode %v: %w", mode, err)
+	}
+	return f, nil
+}
+
+// extraFiles are the descriptors a child gets after its link to master
+// (child.LinkFD): the NAT device for lookup, on child.NatDevFD.
+func (m *master) extraFiles(p *proc) []*os.File {
+	if p.role == ipc.RoleLookup && m.natDev != nil {
+		return []*os.File{m.natDev}
+	}
+	return nil
+}
+
+// The NAT device follows the link in ExtraFiles.
+var _ = [1]struct{}{}[child.NatDevFD-child.LinkFD-1]

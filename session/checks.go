@@ -1,0 +1,223 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/smtp"
+	"smtp-gated/ipc"
+)
+
+// The checks a session asks the lookup process for (DNSBL, SPF), the
+// takeover session that answers a client whose destination is unknown,
+// and the spoofed connection of mode tproxy.
+
+// lookupBudget bounds a session's wait for one answer of the lookup
+// process: the lookup process's own timeout (remote-udp: one per query),
+// and a margin, so that its answer, which says why, normally comes first.
+func lookupBudget(cfg *config.Config) time.Duration {
+	t := time.Duration(cfg.TimeoutLookup) * time.Second
+	if cfg.Mode == config.ModeRemoteUDP {
+		t *= time.Duration(max(cfg.RemoteUdpRetries, 1))
+	}
+	return t + 2*time.Second
+}
+
+// askLookup calls the lookup process within lookupBudget.
+func (w *worker) askLookup(c *conn, t ipc.Type, q any, want ipc.Type) (*ipc.Msg, error) {
+	lp := w.lookup.Load()
+	if lp == nil {
+		return nil, errors.New("the lookup process is not available")
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, lookupBudget(c.cfg))
+	defer cancel()
+	return lp.Call(ctx, t, q, want)
+}
+
+// dnsblListed asks whether the client is on a dnsbl zone: the first zone
+// that lists it (configuration order), "" when none does. A failure of
+// the look-up itself is logged and lets the client through, as a zone
+// that does not answer does.
+func (w *worker) dnsblListed(c *conn) (zone string) {
+	m, err := w.askLookup(c, ipc.MsgDnsblQuery, &ipc.DnsblQuery{ID: c.id, Addr: c.src.Addr()}, ipc.MsgDnsblAnswer)
+	if err != nil {
+		w.log.Warningf("[%d] dnsbl: %v: not checked", c.id, err)
+		return ""
+	}
+	a := m.Payload.(*ipc.DnsblAnswer)
+	if a.Err != "" {
+		w.log.Warningf("[%d] dnsbl: %s", c.id, a.Err)
+	}
+	if a.Zone != "" {
+		w.log.Noticef("[%d] DNSBL: %v is listed in %s (%s)", c.id, c.src.Addr(), a.Zone, a.Answer)
+	}
+	return a.Zone
+}
+
+// dnsblText is the reply to a listed client: msg_dnsdb_reject and the
+// zone.
+func dnsblText(cfg *config.Config, zone string) string {
+	return fmt.Sprintf("%s (%s)", cfg.MsgDnsdbReject, zone)
+}
+
+// lockEvent is where a check that lock_on can name (dnsbl, spf) asks for
+// the client to be locked: lockd makes the lock (see found, policy.go).
+func (w *worker) lockEvent(c *conn, event config.LockOn, cause string) {
+	w.found(c, event, cause)
+}
+
+// refuseLookup answers a client whose destination is unknown: a greeting
+// of the proxy's own, then the takeover session, whose MAIL reply says
+// why. c.by is set by the caller.
+func (w *worker) refuseLookup(c *conn, reason string) {
+	e := newEngine(w, c, nil)
+	e.reason = reason
+	e.ended = true
+	e.cw.Write(smtp.FormatReply(220, "", e.name, c.cfg.MsgHello))
+	e.takeover()
+}
+
+// mailChecks runs the checks of MAIL FROM that need the lookup process:
+// DNSBL when auth_skip dnsbl delays it to here, then SPF. It returns true
+// when it answered the command itself (refused).
+func (e *engine) mailChecks(addr string) bool {
+	cfg, c := e.cfg, e.c
+	e.mu.Lock()
+	authed := e.authed
+	e.mu.Unlock()
+	if cfg.Dnsbl != "" && cfg.AuthSkip.Has(config.AuthSkipDNSBL) && !authed {
+		if !e.dnsblDone {
+			e.dnsblDone = true
+			e.dnsblZone = e.w.dnsblListed(c)
+			if e.dnsblZone != "" {
+				e.w.lockEvent(c, config.LockDNSBL, e.dnsblZone)
+			}
+		}
+		if e.dnsblZone != "" {
+			e.local("MAIL", 554, "5.7.1", dnsblText(cfg, e.dnsblZone))
+			return true
+		}
+	}
+	if cfg.Spf == config.SPFOff {
+		return false
+	}
+	ip := e.spfAddr()
+	if addr == "" && e.helo == "" {
+		e.log.Infof("[%d] SPF none: null sender without HELO, not checked", c.id)
+		return false
+	}
+	m, err := e.w.askLookup(c, ipc.MsgSpfQuery, &ipc.SpfQuery{ID: c.id, IP: ip, Helo: e.helo, Sender: addr}, ipc.MsgSpfAnswer)
+	if err != nil {
+		e.log.Warningf("[%d] SPF: %v: not checked", c.id, err)
+		return false
+	}
+	a := m.Payload.(*ipc.SpfAnswer)
+	why := ""
+	if a.Err != "" {
+		why = " (" + a.Err + ")"
+	}
+	if a.Result != "fail" {
+		e.log.Infof("[%d] SPF %s: <%s> from %v, helo %q%s", c.id, a.Result, addr, ip, e.helo, why)
+		return false
+	}
+	if cfg.SpfLogOnly {
+		e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: accepted (spf_log_only)", c.id, addr, ip, e.helo, why)
+		return false
+	}
+	e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: refused", c.id, addr, ip, e.helo, why)
+	e.w.lockEvent(c, config.LockSPF, addr)
+	e.local("MAIL", 550, "5.7.1", cfg.MsgSpfReject)
+	return true
+}
+
+// spfAddr is the address SPF checks, per the spf option: the client's
+// (incoming), the proxy's outgoing address (outgoing: outgoing_addr, or
+// the source of the connection to the MTA when that is not set, which in
+// mode tproxy is the client's), or spf_fixed_ip (fixed).
+func (e *engine) spfAddr() netip.Addr {
+	cfg := e.cfg
+	switch cfg.Spf {
+	case config.SPFIncoming:
+		return e.c.src.Addr().Unmap()
+	case config.SPFFixed:
+		return cfg.SpfFixedIp.Unmap()
+	}
+	if a := cfg.OutgoingAddr; a.IsValid() && !a.IsUnspecified() {
+		return a.Unmap()
+	}
+	if t, ok := e.srv.LocalAddr().(*net.TCPAddr); ok {
+		return t.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// spoofConnect connects to the MTA from the client's own address and port
+// (mode tproxy) on a socket master binds, within timeout_connect.
+func (w *worker) spoofConnect(c *conn) (*net.TCPConn, string, error) {
+	cfg := c.cfg
+	ctx, cancel := context.WithTimeout(c.ctx, 10*time.Second)
+	defer cancel()
+	m, err := w.master.Call(ctx, ipc.MsgSpoofQuery, &ipc.SpoofQuery{ID: c.id, Client: c.src}, ipc.MsgSpoofSocket)
+	if err != nil {
+		return nil, cfg.MsgCannotConnect, fmt.Errorf("outgoing socket from master: %w", err)
+	}
+	defer m.Close()
+	if a := m.Payload.(*ipc.SpoofSocket); a.Err != "" {
+		return nil, cfg.MsgCannotConnect, fmt.Errorf("outgoing socket from master: %s", a.Err)
+	}
+	f := m.TakeFile(0)
+	if f == nil {
+		return nil, cfg.MsgCannotConnect, errors.New("outgoing socket from master: no descriptor")
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, cfg.MsgCannotConnect, err
+	}
+	dst := c.dst.Addr().Unmap()
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(c.dst.Port()), Addr: dst.As16()}
+	if dst.Is4() && c.src.Addr().Unmap().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(c.dst.Port()), Addr: dst.As4()}
+	}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cerr = unix.Connect(int(fd), sa) }); err != nil {
+		return nil, cfg.MsgCannotConnect, err
+	}
+	if errors.Is(cerr, unix.EINPROGRESS) {
+		f.SetWriteDeadline(time.Now().Add(time.Duration(cfg.TimeoutConnect) * time.Second))
+		cerr = nil
+		werr := rc.Write(func(fd uintptr) bool {
+			if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || v != 0 {
+				cerr = err
+				if err == nil {
+					cerr = unix.Errno(v)
+				}
+				return true
+			}
+			_, err := unix.Getpeername(int(fd))
+			return !errors.Is(err, unix.ENOTCONN) // not yet: wait for writability
+		})
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			return nil, cfg.MsgConnectTimeout, fmt.Errorf("connect from %v: %w", c.src, werr)
+		}
+		if werr != nil {
+			return nil, cfg.MsgCannotConnect, werr
+		}
+	}
+	if cerr != nil {
+		return nil, cfg.MsgCannotConnect, fmt.Errorf("connect from %v: %w", c.src, cerr)
+	}
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, cfg.MsgCannotConnect, err
+	}
+	return nc.(*net.TCPConn), "", nil
+}

@@ -1,0 +1,210 @@
+package session
+
+import (
+	"bufio"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"smtp-gated/internal/config"
+	"smtp-gated/ipc"
+)
+
+// fakeLockd links w to an in-process stand-in for lockd that answers
+// every request with answer, and records what it was asked.
+type fakeLockd struct {
+	mu     sync.Mutex
+	asked  []any
+	answer func(v any) (ipc.Type, any)
+}
+
+func (f *fakeLockd) requests() []any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]any{}, f.asked...)
+}
+
+func linkFake(t *testing.T, w *worker, answer func(v any) (ipc.Type, any)) *fakeLockd {
+	t.Helper()
+	a, b, err := ipc.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := ipc.NewConn(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := ipc.NewConn(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
+	f := &fakeLockd{answer: answer}
+	mine := ipc.NewPeer(ca, "lockd", w.fromService)
+	theirs := ipc.NewPeer(cb, "session 0", func(p *ipc.Peer, m *ipc.Msg) {
+		f.mu.Lock()
+		f.asked = append(f.asked, m.Payload)
+		f.mu.Unlock()
+		typ, v := f.answer(m.Payload)
+		p.Reply(m, typ, v)
+	})
+	go mine.Run()
+	go theirs.Run()
+	t.Cleanup(func() { mine.Close(); theirs.Close() })
+	w.lockd.Store(mine)
+	return f
+}
+
+// policyConn is a session whose client socket the test reads.
+func policyConn(t *testing.T, w *worker, cfg *config.Config) (*conn, *bufio.Reader) {
+	t.Helper()
+	far, near := tcpPair(t)
+	c := w.newConn(&ipc.NewSession{ID: 3, Client: netip.MustParseAddrPort("192.0.2.7:40000"), Accepted: time.Now().UnixNano()})
+	c.cfg = cfg
+	c.client = near
+	t.Cleanup(func() { w.forget(c) })
+	far.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(far)
+}
+
+func policyConfig(t *testing.T, extra ...string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse(strings.NewReader("mode fixed\nfixed_server 127.0.0.1\nproxy_name gw\n"+strings.Join(extra, "\n")+"\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestAdmitSession(t *testing.T) {
+	cfg := policyConfig(t, "lock_on virus,ratelimit", "ratelimit_period 60", "msg_virus_locked locked out",
+		"msg_ratelimit_helo too many", "msg_temp_unavail later")
+	for _, tc := range []struct {
+		name   string
+		answer ipc.PolicyAnswer
+		admit  bool
+		reply  string
+		by     string
+	}{
+		{"clean", ipc.PolicyAnswer{}, true, "", ""},
+		{"locked", ipc.PolicyAnswer{Locked: true, Cause: "virus"}, false, "554 gw locked out\r\n", "lock"},
+		{"over", ipc.PolicyAnswer{Over: ipc.RateConnections}, false, "554 gw too many\r\n", "ratelimit"},
+		{"error", ipc.PolicyAnswer{Err: "disk full"}, false, "421 gw later\r\n", "lockd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := testWorker()
+			f := linkFake(t, w, func(v any) (ipc.Type, any) {
+				if _, ok := v.(*ipc.Found); ok {
+					return ipc.MsgAck, &ipc.Ack{}
+				}
+				return ipc.MsgPolicyAnswer, &tc.answer
+			})
+			c, r := policyConn(t, w, cfg)
+			done := make(chan bool, 1)
+			go func() { done <- w.admitSession(c) }()
+			var line string
+			if !tc.admit {
+				line, _ = r.ReadString('\n')
+				c.client.Close() // the client leaves: no wait for its FIN
+			}
+			if got := <-done; got != tc.admit {
+				t.Fatalf("admitSession = %v, want %v", got, tc.admit)
+			}
+			asked := f.requests()
+			q, ok := asked[0].(*ipc.Policy)
+			if !ok || !q.Lock || len(q.Take) != 1 || q.Take[0] != ipc.RateConnections || q.Client != c.src {
+				t.Errorf("asked %+v, want the lock state and a connection taken", asked[0])
+			}
+			if tc.admit {
+				return
+			}
+			if line != tc.reply || c.by != tc.by {
+				t.Errorf("reply %q by %q, want %q by %q", line, c.by, tc.reply, tc.by)
+			}
+			wantFound := tc.name == "over"
+			if gotFound := len(asked) == 2; gotFound != wantFound {
+				t.Errorf("requests %+v: a found event %v, want %v", asked, gotFound, wantFound)
+			} else if wantFound && asked[1].(*ipc.Found).Event != "ratelimit" {
+				t.Errorf("found %+v", asked[1])
+			}
+		})
+	}
+}
+
+// No lockd at all, or a link that ended: a 421 at once.
+func TestAdmitSessionLockdGone(t *testing.T) {
+	cfg := policyConfig(t, "lock_on virus")
+	w := testWorker()
+	refused := func() {
+		t.Helper()
+		c, r := policyConn(t, w, cfg)
+		start := time.Now()
+		done := make(chan bool, 1)
+		go func() { done <- w.admitSession(c) }()
+		line, _ := r.ReadString('\n')
+		if took := time.Since(start); !strings.HasPrefix(line, "421 ") || took > time.Second {
+			t.Errorf("reply %q after %v, want a 421 at once", line, took)
+		}
+		c.client.Close() // the client leaves: no wait for its FIN
+		if <-done || c.by != "lockd" {
+			t.Errorf("admitted, or by %q", c.by)
+		}
+	}
+	refused()
+	f := linkFake(t, w, func(any) (ipc.Type, any) { return ipc.MsgPolicyAnswer, &ipc.PolicyAnswer{} })
+	w.lockd.Load().Close()
+	time.Sleep(50 * time.Millisecond)
+	refused()
+	if n := len(f.requests()); n != 0 {
+		t.Errorf("%d requests reached a closed link", n)
+	}
+	// Neither locking nor rate limits: lockd is not asked.
+	c, _ := policyConn(t, w, policyConfig(t, "lock_duration 0"))
+	if !w.admitSession(c) {
+		t.Error("refused with locking and rate limits off")
+	}
+}
+
+func TestRateAnswerAndReplies(t *testing.T) {
+	w := testWorker()
+	cfg := policyConfig(t, "ratelimit_period 60")
+	c, _ := policyConn(t, w, cfg)
+	e := &engine{w: w, c: c, cfg: cfg, log: w.log}
+	e.rateAnswer("MAIL", 250)
+	e.rateAnswer("MAIL", 550)
+	e.rateAnswer("RCPT", 450)
+	e.rateAnswer("AUTH", 334)
+	e.rateAnswer("AUTH", 535)
+	e.rateAnswer("DATA", 554)
+	want := []ipc.Delta{{Name: "messages", N: -1}, {Name: "mailfrom_rejects", N: 1},
+		{Name: "recipients", N: -1}, {Name: "rcptto_rejects", N: 1}, {Name: "auth_rejects", N: 1}}
+	got := c.pol.takePending()
+	if len(got) != len(want) {
+		t.Fatalf("pending %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("pending[%d] %v, want %v", i, got[i], want[i])
+		}
+	}
+	if p := c.pol.takePending(); len(p) != 0 {
+		t.Errorf("taken twice: %v", p)
+	}
+	for _, name := range []string{ipc.RateConnections, ipc.RateMessages, ipc.RateRecipients, ipc.RateBytes,
+		ipc.RateMailfromRejects, ipc.RateRcpttoRejects, ipc.RateAuthRejects} {
+		code, _, text := rateReply(cfg, name)
+		if code < 400 || text == "" {
+			t.Errorf("%s: %d %q", name, code, text)
+		}
+	}
+	if !wantsEvent(cfg, config.LockVirus) || wantsEvent(cfg, config.LockSpam) {
+		t.Error("wantsEvent with lock_on virus")
+	}
+	if !wantsEvent(policyConfig(t, "lock_on never", "action_script /bin/true"), config.LockMaxHost) ||
+		wantsEvent(policyConfig(t, "lock_on never", "action_script /bin/true"), config.LockDNSBL) {
+		t.Error("wantsEvent with an action script and no locking")
+	}
+}

@@ -1,0 +1,276 @@
+// Package dns_test is the end-to-end test of the DNS checks, DNSBL and
+// SPF, against a miekg/dns server on loopback (test/dnstest) that serves
+// the test's zones; dns_server points the daemon at it, so that
+// /etc/resolv.conf plays no part. The daemon starts as root with set_user
+// nobody: the lookup process, which asks the DNS, runs chrooted.
+package dns_test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"smtp-gated/test/dnstest"
+	"smtp-gated/test/harness"
+	"smtp-gated/test/sinkmta"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+const rejectText = "listed (dns test)"
+
+// daemon starts smtp-gated in mode fixed in front of mta, with extra
+// configuration lines.
+func daemon(t *testing.T, bind string, mta netip.AddrPort, srv *dnstest.Server, extra string) (*harness.Daemon, int) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "the DNS test runs the daemon as root, to check the lookup process works chrooted")
+	}
+	dir, err := os.MkdirTemp("", "sgdns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	port := harness.FreePort(t)
+	conf := fmt.Sprintf(`mode fixed
+fixed_server %s
+fixed_server_port %d
+bind_address %s
+port %d
+proxy_name dns.test
+pidfile %[5]s/pid
+control_socket %[5]s/ctl.sock
+statefile %[5]s/state
+spool_path %[5]s/spool
+lock_path %[5]s
+ratelimit_path %[5]s
+set_user nobody
+log_level debug
+session_workers 1
+max_load 0
+dns_server %s
+msg_dnsdb_reject "%s"
+msg_spf_reject "spf says no (dns test)"
+`, mta.Addr(), mta.Port(), bind, port, dir, srv.Addr, rejectText) + extra
+	d := harness.StartDaemon(t, conf)
+	checkChrooted(t, d)
+	return d, port
+}
+
+func skipOrFail(t *testing.T, reason string) {
+	t.Helper()
+	if os.Getenv(harness.EnvRequirePeers) == "1" {
+		t.Fatalf("%s (and %s=1)", reason, harness.EnvRequirePeers)
+	}
+	t.Skip(reason)
+}
+
+// checkChrooted: the lookup process has no /etc/resolv.conf to read.
+func checkChrooted(t *testing.T, d *harness.Daemon) {
+	t.Helper()
+	for _, pid := range harness.ChildPids(d.Pid()) {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if !strings.HasSuffix(string(cmd), "-child\x00lookup\x00") {
+			continue
+		}
+		root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
+		if err != nil || root == "/" {
+			t.Fatalf("lookup process %d has root %q (%v): not chrooted", pid, root, err)
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/etc/resolv.conf", pid)); err == nil {
+			t.Fatalf("lookup process %d sees an /etc/resolv.conf in its root %s", pid, root)
+		}
+		return
+	}
+	t.Fatal("no lookup process")
+}
+
+// dialFrom connects from source address src.
+func dialFrom(t *testing.T, src string, port int, host string) *harness.Client {
+	t.Helper()
+	d := net.Dialer{Timeout: 15 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	conn, err := d.Dial("tcp", net.JoinHostPort(host, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatalf("dial from %s: %v", src, err)
+	}
+	return harness.NewClient(t, conn)
+}
+
+func startSink(t *testing.T) (*sinkmta.Sink, netip.AddrPort) {
+	s, err := sinkmta.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, netip.MustParseAddrPort(s.Addr())
+}
+
+func nibbles(a netip.Addr) string {
+	r, _ := dns.ReverseAddr(a.String())
+	return strings.TrimSuffix(r, "ip6.arpa.")
+}
+
+func TestDNSBL(t *testing.T) {
+	srv := dnstest.Start(t)
+	srv.A("5.0.0.127.bl1.test", "127.0.0.2")
+	srv.A("5.0.0.127.bl2.test", "127.0.0.3")
+	srv.A("6.0.0.127.bl2.test", "127.0.0.4")
+	srv.A(nibbles(netip.MustParseAddr("::1"))+"bl2.test", "127.0.0.9")
+	srv.Drop("slow.test")
+	sink, mta := startSink(t)
+
+	t.Run("at connect", func(t *testing.T) {
+		d, port := daemon(t, "::", mta, srv, "dnsbl bl1.test,bl2.test\ntimeout_lookup 2\n")
+		for _, tc := range []struct {
+			name, src, host, zone string
+		}{
+			{"listed in both: the first zone", "127.0.0.5", "127.0.0.1", "bl1.test"},
+			{"listed in the second", "127.0.0.6", "127.0.0.1", "bl2.test"},
+			{"not listed (NXDOMAIN)", "127.0.0.7", "127.0.0.1", ""},
+			{"IPv6", "::1", "::1", "bl2.test"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if tc.src == "::1" && !harness.HasIPv6Loopback() {
+					skipOrFail(t, "no IPv6 loopback")
+				}
+				mark := d.Mark()
+				before := sink.Connections()
+				c := dialFrom(t, tc.src, port, tc.host)
+				if tc.zone == "" {
+					if greet := c.Expect(220); !strings.Contains(greet, "sinkmta") {
+						t.Errorf("greeting %q, want the MTA's", greet)
+					}
+					c.Quit()
+					d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=quit, `), 15*time.Second)
+					return
+				}
+				text := c.Expect(554)
+				if want := rejectText + " (" + tc.zone + ")"; !strings.Contains(text, want) {
+					t.Errorf("reply %q, want it to say %q", text, want)
+				}
+				c.ExpectClosed()
+				d.WaitLogAfter(t, mark, regexp.MustCompile(`DNSBL: .* is listed in `+regexp.QuoteMeta(tc.zone)+` `), 15*time.Second)
+				d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=dnsbl, `), 15*time.Second)
+				if n := sink.Connections() - before; n != 0 {
+					t.Errorf("the MTA got %d connections from a listed client", n)
+				}
+			})
+		}
+		d.Stop(t)
+	})
+
+	t.Run("timeout", func(t *testing.T) {
+		d, port := daemon(t, "127.0.0.1", mta, srv, "dnsbl slow.test,bl1.test\ntimeout_lookup 1\n")
+		start := time.Now()
+		c := dialFrom(t, "127.0.0.7", port, "127.0.0.1")
+		if greet := c.Expect(220); !strings.Contains(greet, "sinkmta") {
+			t.Errorf("greeting %q, want the MTA's: a zone that does not answer lists nobody", greet)
+		}
+		if took := time.Since(start); took < time.Second || took > 4*time.Second {
+			t.Errorf("the greeting came after %v, want after timeout_lookup (1 s)", took)
+		}
+		c.Quit()
+		c = dialFrom(t, "127.0.0.5", port, "127.0.0.1")
+		if text := c.Expect(554); !strings.Contains(text, "(bl1.test)") {
+			t.Errorf("got %q, want the listing of bl1.test after slow.test timed out", text)
+		}
+		d.WaitLog(t, regexp.MustCompile(`dnsbl: slow\.test: no answer within 1s`), 5*time.Second)
+		d.Stop(t)
+	})
+
+	t.Run("auth_skip dnsbl", func(t *testing.T) {
+		pf := harness.Postfix(t)
+		d, port := daemon(t, "127.0.0.1", netip.MustParseAddrPort(pf.Addr), srv, "dnsbl bl1.test\nauth_skip dnsbl\n")
+		c := dialFrom(t, "127.0.0.5", port, "127.0.0.1")
+		c.Expect(220) // the check waits for MAIL FROM
+		c.Ehlo("client.test")
+		if text := c.Cmd("MAIL FROM:<alice@client.test>", 554); !strings.Contains(text, "5.7.1") || !strings.Contains(text, "(bl1.test)") {
+			t.Errorf("MAIL from a listed client got %q", text)
+		}
+		c.AuthPlain(pf.User, pf.Pass, 235)
+		c.Cmd("MAIL FROM:<alice@client.test>", 250)
+		c.Cmd("RSET", 250)
+		c.Quit()
+		d.WaitLog(t, regexp.MustCompile(`CLOSE by=quit, .*auth=3,`), 15*time.Second)
+		d.Stop(t)
+	})
+}
+
+func TestSPF(t *testing.T) {
+	srv := dnstest.Start(t)
+	ips := map[string]string{"incoming": "127.0.0.3", "outgoing": "127.0.0.4", "fixed": "192.0.2.77"}
+	for mode, ip := range ips {
+		srv.TXT("pass-"+mode+".spf.test", "v=spf1 ip4:"+ip+" -all")
+	}
+	srv.TXT("fail.spf.test", "v=spf1 ip4:192.0.2.200 -all")
+	srv.TXT("softfail.spf.test", "v=spf1 ip4:192.0.2.200 ~all")
+	srv.A("none.spf.test", "192.0.2.1")
+	srv.Fail("servfail.spf.test", dns.RcodeServerFailure)
+	srv.Drop("slow.spf.test")
+	_, mta := startSink(t)
+
+	for _, mode := range []string{"incoming", "outgoing", "fixed"} {
+		t.Run(mode, func(t *testing.T) {
+			other := map[string]string{"incoming": "outgoing", "outgoing": "fixed", "fixed": "incoming"}[mode]
+			d, port := daemon(t, "127.0.0.1", mta, srv, "spf "+mode+"\noutgoing_addr 127.0.0.4\nspf_fixed_ip 192.0.2.77\ntimeout_lookup 1\n")
+			c := dialFrom(t, "127.0.0.3", port, "127.0.0.1")
+			c.Expect(220)
+			c.Ehlo("client.spf.test")
+			for _, tc := range []struct {
+				domain, result string
+				code           int
+			}{
+				{"pass-" + mode, "pass", 250},
+				{"pass-" + other, "fail", 550}, // another mode's address: the right one was checked
+				{"fail", "fail", 550},
+				{"softfail", "softfail", 250},
+				{"none", "none", 250},
+				{"servfail", "temperror", 250},
+				{"slow", "temperror", 250},
+			} {
+				mark := d.Mark()
+				sender := "alice@" + tc.domain + ".spf.test"
+				text := c.Cmd("MAIL FROM:<"+sender+">", tc.code)
+				if tc.code == 550 && (!strings.Contains(text, "5.7.1") || !strings.Contains(text, "spf says no")) {
+					t.Errorf("<%s>: got %q, want 550 5.7.1 with msg_spf_reject", sender, text)
+				}
+				d.WaitLogAfter(t, mark, regexp.MustCompile(`SPF `+tc.result+`: <`+regexp.QuoteMeta(sender)+`> from `+regexp.QuoteMeta(ips[mode])), 10*time.Second)
+				if tc.code == 250 {
+					c.Cmd("RSET", 250)
+				}
+			}
+			c.Quit()
+			d.Stop(t)
+		})
+	}
+
+	t.Run("spf_log_only", func(t *testing.T) {
+		d, port := daemon(t, "127.0.0.1", mta, srv, "spf incoming\nspf_log_only yes\n")
+		c := dialFrom(t, "127.0.0.3", port, "127.0.0.1")
+		c.Expect(220)
+		c.Ehlo("client.spf.test")
+		c.Cmd("MAIL FROM:<alice@fail.spf.test>", 250)
+		d.WaitLog(t, regexp.MustCompile(`SPF fail: <alice@fail\.spf\.test> .*accepted \(spf_log_only\)`), 10*time.Second)
+		c.Quit()
+		d.Stop(t)
+	})
+
+	t.Run("trace in the debug log", func(t *testing.T) {
+		d, port := daemon(t, "127.0.0.1", mta, srv, "spf incoming\n")
+		c := dialFrom(t, "127.0.0.3", port, "127.0.0.1")
+		c.Expect(220)
+		c.Ehlo("client.spf.test")
+		c.Cmd("MAIL FROM:<alice@pass-incoming.spf.test>", 250)
+		d.WaitLog(t, regexp.MustCompile(`lookup: \[\d+\] spf: .*pass-incoming\.spf\.test`), 10*time.Second)
+		c.Quit()
+		d.Stop(t)
+	})
+}
