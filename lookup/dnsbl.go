@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -134,6 +135,9 @@ func dnsbl(servers, zones []string, a netip.Addr, timeout time.Duration) *ipc.Dn
 				r = zoneResult{err: fmt.Errorf("no answer within %v", timeout)}
 			}
 		}
+		if isTimeout(r.err) {
+			r.err = fmt.Errorf("no answer within %v", timeout)
+		}
 		if r.listed {
 			return &ipc.DnsblAnswer{Zone: z, Answer: r.answer, Err: strings.Join(errs, "; ")}
 		}
@@ -142,4 +146,9 @@ func dnsbl(servers, zones []string, a netip.Addr, timeout time.Duration) *ipc.Dn
 		}
 	}
 	return &ipc.DnsblAnswer{Err: strings.Join(errs, "; ")}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

@@ -68,12 +68,6 @@ func dnsblText(cfg *config.Config, zone string) string {
 	return fmt.Sprintf("%s (%s)", cfg.MsgDnsdbReject, zone)
 }
 
-// lockEvent is where a check that lock_on can name (dnsbl, spf) asks for
-// the client to be locked: lockd makes the lock (see found, policy.go).
-func (w *worker) lockEvent(c *conn, event config.LockOn, cause string) {
-	w.found(c, event, cause)
-}
-
 // refuseLookup answers a client whose destination is unknown: a greeting
 // of the proxy's own, then the takeover session, whose MAIL reply says
 // why. c.by is set by the caller.
@@ -96,9 +90,11 @@ func (e *engine) mailChecks(addr string) bool {
 	if cfg.Dnsbl != "" && cfg.AuthSkip.Has(config.AuthSkipDNSBL) && !authed {
 		if !e.dnsblDone {
 			e.dnsblDone = true
+			c.setState(stDnsdb)
 			e.dnsblZone = e.w.dnsblListed(c)
+			c.setState(commandState("MAIL"))
 			if e.dnsblZone != "" {
-				e.w.lockEvent(c, config.LockDNSBL, e.dnsblZone)
+				e.found(config.LockDNSBL, e.dnsblZone)
 			}
 		}
 		if e.dnsblZone != "" {
@@ -114,7 +110,9 @@ func (e *engine) mailChecks(addr string) bool {
 		e.log.Infof("[%d] SPF none: null sender without HELO, not checked", c.id)
 		return false
 	}
+	c.setState(stSpf)
 	m, err := e.w.askLookup(c, ipc.MsgSpfQuery, &ipc.SpfQuery{ID: c.id, IP: ip, Helo: e.helo, Sender: addr}, ipc.MsgSpfAnswer)
+	c.setState(commandState("MAIL"))
 	if err != nil {
 		e.log.Warningf("[%d] SPF: %v: not checked", c.id, err)
 		return false
@@ -133,7 +131,7 @@ func (e *engine) mailChecks(addr string) bool {
 		return false
 	}
 	e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: refused", c.id, addr, ip, e.helo, why)
-	e.w.lockEvent(c, config.LockSPF, addr)
+	e.found(config.LockSPF, addr)
 	e.local("MAIL", 550, "5.7.1", cfg.MsgSpfReject)
 	return true
 }

@@ -75,12 +75,6 @@ func (w *worker) serve(c *conn, f *os.File) {
 		c.reply(554, msg) // an early reject, as for the other limits
 		hangUp(c.client)
 		return
-	case zone != "":
-		c.by = "dnsbl"
-		w.lockEvent(c, config.LockDNSBL, zone)
-		c.reply(554, dnsblText(c.cfg, zone))
-		hangUp(c.client)
-		return
 	case by != "":
 		// The documented answer to a failed look-up: a greeting, then
 		// the takeover session, whose MAIL reply says why.
@@ -89,6 +83,15 @@ func (w *worker) serve(c *conn, f *os.File) {
 		return
 	}
 	if !w.admitSession(c) {
+		return
+	}
+	if zone != "" {
+		// After the lock check: a client locked for an earlier listing
+		// is told it is locked.
+		c.by = "dnsbl"
+		w.found(c, config.LockDNSBL, zone)
+		c.reply(554, dnsblText(c.cfg, zone))
+		hangUp(c.client)
 		return
 	}
 	c.setState(stConnect)

@@ -27,10 +27,12 @@ const (
 	stQuit                  // after QUIT
 	stDirect                // direct proxy (STARTTLS, auth_skip direct)
 	stTakeover              // the proxy talks to the client alone
+	stDnsdb                 // asking the DNSBL zones (at MAIL FROM, auth_skip dnsbl)
+	stSpf                   // asking SPF about MAIL FROM
 )
 
 var stateNames = [...]string{"start", "ident", "connect", "pre", "helo", "data", "scan",
-	"post", "rset", "quit", "direct", "takeover"}
+	"post", "rset", "quit", "direct", "takeover", "dnsdb", "spf"}
 
 func (s state) String() string {
 	if int(s) < len(stateNames) {

@@ -22,6 +22,12 @@ func (e *engine) takeover() {
 	}
 	e.c.setState(stTakeover)
 	e.pushClient() // the reply that started the takeover
+	// Why no mail can be sent: a virus, or the reason the session
+	// started as a takeover (a failed destination look-up).
+	noMore := cfg.MsgVirusNoMore
+	if e.reason != "" {
+		noMore = e.reason
+	}
 	timeout := time.Duration(cfg.TimeoutSession) * time.Second
 	for n := 1; ; n++ {
 		e.cli.SetReadDeadline(time.Now().Add(timeout))
@@ -46,15 +52,11 @@ func (e *engine) takeover() {
 			say(221, "", cfg.MsgSignOff)
 			return
 		case "NOOP", "RSET":
-			say(250, "2.0.0", cfg.MsgVirusNoMore)
+			say(250, "2.0.0", noMore)
 		case "HELO", "EHLO":
 			say(250, "", cfg.MsgHello)
 		case "MAIL":
-			reason := cfg.MsgVirusNoMore
-			if e.reason != "" {
-				reason = e.reason
-			}
-			say(451, "4.3.2", reason)
+			say(451, "4.3.2", noMore)
 		case "RCPT", "DATA":
 			say(503, "5.5.1", cfg.MsgProtoError)
 		default:

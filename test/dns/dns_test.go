@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,6 +41,17 @@ func daemon(t *testing.T, bind string, mta netip.AddrPort, srv *dnstest.Server, 
 	}
 	os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	// lockd (user nobody) writes the locks.
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	if err := os.Mkdir(dir+"/lock", 0o750); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(dir+"/lock", uid, gid)
 	port := harness.FreePort(t)
 	conf := fmt.Sprintf(`mode fixed
 fixed_server %s
@@ -50,7 +63,7 @@ pidfile %[5]s/pid
 control_socket %[5]s/ctl.sock
 statefile %[5]s/state
 spool_path %[5]s/spool
-lock_path %[5]s
+lock_path %[5]s/lock
 ratelimit_path %[5]s
 set_user nobody
 log_level debug
@@ -273,4 +286,56 @@ func TestSPF(t *testing.T) {
 		c.Quit()
 		d.Stop(t)
 	})
+}
+
+// lock_on dnsbl and lock_on spf: the event locks the client (lockd writes
+// <lock_path>/<ip>), and its next connection is refused as locked.
+func TestLockOn(t *testing.T) {
+	srv := dnstest.Start(t)
+	srv.A("5.0.0.127.bl1.test", "127.0.0.2")
+	srv.TXT("fail.spf.test", "v=spf1 ip4:192.0.2.200 -all")
+	_, mta := startSink(t)
+	for _, tc := range []struct {
+		name, src, extra string
+	}{
+		{"dnsbl", "127.0.0.5", "dnsbl bl1.test\nlock_on dnsbl\n"},
+		{"spf", "127.0.0.3", "spf incoming\nlock_on spf\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, port := daemon(t, "127.0.0.1", mta, srv, tc.extra+"lock_duration 600\nmsg_virus_locked \"locked (dns test)\"\n")
+			c := dialFrom(t, tc.src, port, "127.0.0.1")
+			if tc.name == "dnsbl" {
+				c.Expect(554)
+			} else {
+				c.Expect(220)
+				c.Ehlo("client.spf.test")
+				c.Cmd("MAIL FROM:<alice@fail.spf.test>", 550)
+				c.Quit()
+			}
+			c.Close()
+			d.WaitLog(t, regexp.MustCompile(`CLOSE by=`), 15*time.Second)
+			lock := lockDir(t, d) + "/" + tc.src
+			if _, err := os.Stat(lock); err != nil {
+				t.Errorf("no lock file: %v", err)
+			}
+			c = dialFrom(t, tc.src, port, "127.0.0.1")
+			if text := c.Expect(554); !strings.Contains(text, "locked (dns test)") {
+				t.Errorf("the next connection got %q, want the lock's refusal", text)
+			}
+			d.Stop(t)
+		})
+	}
+}
+
+// lockDir is the daemon's lock_path.
+func lockDir(t *testing.T, d *harness.Daemon) string {
+	b, err := os.ReadFile(d.ConfigFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^lock_path (\S+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no lock_path in the configuration")
+	}
+	return string(m[1])
 }
