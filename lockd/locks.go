@@ -127,23 +127,30 @@ func lockNames(c client) []client {
 }
 
 // lockState tells whether c is locked, removing the expired locks it
-// meets. Called with the client's key locked.
+// meets. An administrator's file for the client (its address's, or its
+// own) protects it: a lock made before that file was put there does not
+// count. Called with the client's key locked.
 func (s *server) lockState(cfg *config.Config, c client, now time.Time) (locked bool, cause string, err error) {
+	var valid *lockFile
 	for _, n := range lockNames(c) {
 		l, err := s.statLock(cfg, n)
 		if err != nil {
 			return false, "", err
 		}
-		if l == nil || s.admin(l) {
-			continue
-		}
-		if l.expired(cfg, now) {
+		switch {
+		case l == nil:
+		case s.admin(l):
+			return false, "", nil
+		case l.expired(cfg, now):
 			s.removeExpired(l)
-			continue
+		case valid == nil:
+			valid = l
 		}
-		return true, l.cause, nil
 	}
-	return false, "", nil
+	if valid == nil {
+		return false, "", nil
+	}
+	return true, valid.cause, nil
 }
 
 // removeExpired removes an expired lock of lockd's.

@@ -160,6 +160,14 @@ func TestAdminFile(t *testing.T) {
 	if !strings.Contains(lb.String(), "an administrator's file") {
 		t.Errorf("protection not logged:\n%s", lb)
 	}
+	// A lock made before the administrator's file does not count.
+	if err := os.WriteFile(filepath.Join(cfg.LockPath, "192.0.2.2"), []byte("virus\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if locked(t, s, &ipc.Policy{Client: cli4b, Ident: "carol"}) {
+		t.Error("an ident protected by an administrator's file is locked by its address's lock")
+	}
+	os.Remove(filepath.Join(cfg.LockPath, "192.0.2.2"))
 	// But cli4b's own address can be locked.
 	found(t, s, &ipc.Found{Event: "virus", Client: cli4b})
 	if !locked(t, s, &ipc.Policy{Client: cli4b}) {
