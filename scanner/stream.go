@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +135,7 @@ func (t *streams) start(p *ipc.Peer, e *engine, q *ipc.ScanStart, f *os.File) {
 	}
 	if f == nil {
 		s.broken = errors.New("no descriptor")
+		cancel()
 		close(s.done)
 		return
 	}
@@ -201,8 +203,9 @@ func (s *stream) run(t *streams) {
 		return
 	}
 	var conn net.Conn
-	buf := make([]byte, 4+instreamChunk)
+	var buf []byte     // a chunk: its length, then the data
 	var off int64      // bytes of the file sent
+	var size int64     // the file's size, seen before connecting
 	final := int64(-1) // the file's size once the dot came
 	wait := streamPollMin
 	grew := time.Now()
@@ -233,7 +236,11 @@ func (s *stream) run(t *streams) {
 					s.fail(err)
 					return
 				}
+				buf = make([]byte, 4+instreamChunk)
 				continue
+			}
+			if rerr == nil && fi.Size() > size {
+				size, grew = fi.Size(), time.Now()
 			}
 		} else {
 			want := int64(instreamChunk)
@@ -297,6 +304,11 @@ func (s *stream) run(t *streams) {
 		return
 	}
 	s.found, s.name, s.err = parseClamdReply(reply)
+	if s.err != nil && strings.Contains(s.err.Error(), "size limit exceeded") {
+		// clamd's StreamMaxLength, found out only now: FILDES is not
+		// bound by it (see writeFailed).
+		s.broken, s.err = s.err, nil
+	}
 }
 
 // atDot records that the dot came: from here on the rest of the exchange
@@ -373,7 +385,10 @@ func (s *stream) fail(err error) {
 
 // writeFailed handles a write that failed: clamd may have answered on its
 // own and closed (over its StreamMaxLength: "INSTREAM size limit
-// exceeded"), which is read and kept as the reason.
+// exceeded"), which is read and kept as the reason. Such a refusal lets the
+// scan at the dot fall back to the whole file even when it came after the
+// dot (it comes as soon as clamd reads past its limit): FILDES is not
+// bound by StreamMaxLength.
 func (s *stream) writeFailed(conn net.Conn, werr error) {
 	if s.ctx.Err() != nil {
 		s.broken = errAbandoned
@@ -397,7 +412,7 @@ func (s *stream) writeFailed(conn net.Conn, werr error) {
 	if err == nil {
 		err = fmt.Errorf("%s: answered before the end of the stream: %q", s.addr, clip(string(reply)))
 	}
-	s.fail(err)
+	s.broken = err
 }
 
 // streamed is the antivirus of a scan whose message was streamed: it

@@ -3,6 +3,7 @@ package scanner
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"os"
@@ -284,27 +285,52 @@ func readCommand(c net.Conn) string {
 }
 
 // clamd answers a stream over its StreamMaxLength while it is still being
-// sent, and closes: the scan at the dot falls back to FILDES, which is not
-// bound by StreamMaxLength.
+// sent and closes, or after its end: the scan at the dot falls back to
+// FILDES, which is not bound by StreamMaxLength.
 func TestStreamFallback(t *testing.T) {
-	path := fakeServer(t, func(c net.Conn) {
-		switch readCommand(c) {
-		case "zINSTREAM\x00":
-			io.CopyN(io.Discard, c, 200<<10)
-			c.Write([]byte("INSTREAM size limit exceeded. ERROR\x00"))
-		case "zFILDES\x00":
-			readCommand(c) // the byte with the descriptor
-			c.Write([]byte("fd[5]: OK\x00"))
-		}
-	})
-	e, lb := testEngine(t, clamdConfig(path))
-	var tbl streams
-	v, _ := streamedScan(t, e, &tbl, bigMessage(1<<20, ""), 64<<10, time.Millisecond)
-	if v.Kind != ipc.VerdictClean || v.Err != "" {
-		t.Errorf("verdict %+v, want clean from the FILDES fallback\n%s", v, lb)
+	for _, when := range []string{"while sent", "at the end"} {
+		t.Run(when, func(t *testing.T) {
+			path := fakeServer(t, func(c net.Conn) {
+				switch readCommand(c) {
+				case "zINSTREAM\x00":
+					if when == "while sent" {
+						io.CopyN(io.Discard, c, 200<<10)
+					} else {
+						readChunks(c)
+					}
+					c.Write([]byte("INSTREAM size limit exceeded. ERROR\x00"))
+				case "zFILDES\x00":
+					readCommand(c) // the byte with the descriptor
+					c.Write([]byte("fd[5]: OK\x00"))
+				}
+			})
+			e, lb := testEngine(t, clamdConfig(path))
+			var tbl streams
+			v, _ := streamedScan(t, e, &tbl, bigMessage(1<<20, ""), 64<<10, time.Millisecond)
+			if v.Kind != ipc.VerdictClean || v.Err != "" {
+				t.Errorf("verdict %+v, want clean from the FILDES fallback\n%s", v, lb)
+			}
+			if !strings.Contains(lb.String(), "size limit exceeded") || !strings.Contains(lb.String(), "scanning the whole file") {
+				t.Errorf("the fallback is not logged:\n%s", lb)
+			}
+		})
 	}
-	if !strings.Contains(lb.String(), "size limit exceeded") || !strings.Contains(lb.String(), "scanning the whole file") {
-		t.Errorf("the fallback is not logged:\n%s", lb)
+}
+
+// readChunks reads INSTREAM chunks up to the zero-length one.
+func readChunks(c net.Conn) {
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n := binary.BigEndian.Uint32(hdr[:])
+		if n == 0 {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(n)); err != nil {
+			return
+		}
 	}
 }
 

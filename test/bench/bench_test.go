@@ -43,6 +43,7 @@ func newRig(b *testing.B, extra ...string) *rig {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755) // the children run unprivileged
 	port := harness.FreePort(b)
 	cfg := fmt.Sprintf(`mode fixed
 fixed_server 127.0.0.1
@@ -52,13 +53,16 @@ port %d
 pidfile %s/pid
 control_socket %s/ctl.sock
 statefile %s/state
+spool_path %s/spool
+lock_path %s/lock
+ratelimit_path %s/ratelimit
 max_connections 5000
 max_per_host 0
 connect_queue 1024
 log_level info
 max_load 0
 %s
-`, sport, port, dir, dir, dir, strings.Join(extra, "\n"))
+`, sport, port, dir, dir, dir, dir, dir, dir, strings.Join(extra, "\n"))
 	d := harness.StartDaemon(b, cfg)
 	return &rig{sink: sink, daemon: d, proxy: fmt.Sprintf("127.0.0.1:%d", port)}
 }
