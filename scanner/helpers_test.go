@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/loadavg"
 	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 	"smtp-gated/test/harness"
@@ -122,7 +123,7 @@ func testEngine(t testing.TB, cfg *config.Config) (*engine, *logBuf) {
 	lb := &logBuf{}
 	tmp := t.TempDir()
 	os.Chmod(tmp, 0o711)
-	e := &engine{cfg: cfg, log: logx.To(lb, logx.Debug), load: loadAvg,
+	e := &engine{cfg: cfg, log: logx.To(lb, logx.Debug), load: loadavg.Get,
 		tempDir: func() (string, error) { return tmp, nil }}
 	return e, lb
 }

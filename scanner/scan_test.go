@@ -2,7 +2,6 @@ package scanner
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -275,33 +274,6 @@ func TestSeconds(t *testing.T) {
 	}{{0, 30 * time.Second}, {1, time.Second}, {30, 30 * time.Second}} {
 		if got := seconds(tc.n); got != tc.want {
 			t.Errorf("seconds(%d) = %v, want %v", tc.n, got, tc.want)
-		}
-	}
-}
-
-func TestParseLoadavg(t *testing.T) {
-	ne := binary.NativeEndian
-	b64 := make([]byte, 24) // 64-bit: 3 x uint32, padding, long fscale
-	ne.PutUint32(b64[0:], 3072)
-	ne.PutUint32(b64[4:], 1024)
-	ne.PutUint64(b64[16:], 2048)
-	b32 := make([]byte, 16) // 32-bit: 3 x uint32, long fscale
-	ne.PutUint32(b32[0:], 512)
-	ne.PutUint32(b32[12:], 2048)
-	for _, tc := range []struct {
-		b    []byte
-		want float64
-		ok   bool
-	}{
-		{b64, 1.5, true},
-		{b32, 0.25, true},
-		{make([]byte, 24), 0, false}, // fscale 0
-		{make([]byte, 20), 0, false},
-		{nil, 0, false},
-	} {
-		got, err := parseLoadavg(tc.b)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseLoadavg(%x) = %v, %v; want %v (ok %v)", tc.b, got, err, tc.want, tc.ok)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"smtp-gated/internal/child"
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/loadavg"
 	"smtp-gated/ipc"
 )
 
@@ -58,7 +59,7 @@ func Run(env *child.Env) error {
 
 // engine returns a scan engine for the current configuration.
 func (s *server) engine() *engine {
-	return &engine{cfg: s.cfg.Load(), log: s.env.Log, tempDir: s.tempDir, load: loadAvg}
+	return &engine{cfg: s.cfg.Load(), log: s.env.Log, tempDir: s.tempDir, load: loadavg.Get}
 }
 
 // tempDir returns the process's private directory for mksd, making it on

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"smtp-gated/internal/loadavg"
 	"smtp-gated/ipc"
 	"smtp-gated/test/harness"
 )
@@ -120,9 +121,9 @@ func TestSpamMaxLoad(t *testing.T) {
 
 // The real load average reads on this system.
 func TestLoadAvg(t *testing.T) {
-	l, err := loadAvg()
+	l, err := loadavg.Get()
 	if err != nil || l < 0 {
-		t.Fatalf("loadAvg() = %v, %v", l, err)
+		t.Fatalf("loadavg.Get() = %v, %v", l, err)
 	}
 }
 
