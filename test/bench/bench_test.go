@@ -38,12 +38,7 @@ func newRig(b *testing.B, extra ...string) *rig {
 	}
 	b.Cleanup(func() { sink.Close() })
 	_, sport, _ := net.SplitHostPort(sink.Addr())
-	dir, err := os.MkdirTemp("", "sgb-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755) // the children run unprivileged
+	dir := harness.DaemonDir(b, "sgb-") // the children run unprivileged
 	port := harness.FreePort(b)
 	cfg := fmt.Sprintf(`mode fixed
 fixed_server 127.0.0.1
@@ -86,6 +81,35 @@ func dial(addr string) (*client, error) {
 		return nil, err
 	}
 	return cl, nil
+}
+
+// dialEHLO dials addr and says EHLO.
+func dialEHLO(addr string) (*client, error) {
+	cl, err := dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := cl.cmd("EHLO bench.test", 250); err != nil {
+		cl.c.Close()
+		return nil, err
+	}
+	return cl, nil
+}
+
+// session runs one session on addr: EHLO, n transactions made by send,
+// QUIT.
+func session(addr string, n int, send func(*client) error) error {
+	cl, err := dialEHLO(addr)
+	if err != nil {
+		return err
+	}
+	defer cl.c.Close()
+	for range n {
+		if err := send(cl); err != nil {
+			return err
+		}
+	}
+	return cl.cmd("QUIT", 221)
 }
 
 // expect reads one (possibly multi-line) reply.
@@ -170,20 +194,7 @@ func run(b *testing.B, workers int, job func(w int) error) time.Duration {
 // throughput: 20 concurrent sessions, each sending messages of 100 KiB.
 func throughput(b *testing.B, addr string, sessions, perSession int, data []byte) (msgsPerSec, mbPerSec float64) {
 	d := run(b, sessions, func(int) error {
-		cl, err := dial(addr)
-		if err != nil {
-			return err
-		}
-		defer cl.c.Close()
-		if err := cl.cmd("EHLO bench.test", 250); err != nil {
-			return err
-		}
-		for range perSession {
-			if err := cl.mail(data); err != nil {
-				return err
-			}
-		}
-		return cl.cmd("QUIT", 221)
+		return session(addr, perSession, func(cl *client) error { return cl.mail(data) })
 	})
 	n := float64(sessions * perSession)
 	return n / d.Seconds(), n * float64(len(data)) / d.Seconds() / 1e6
@@ -346,20 +357,7 @@ func BenchmarkPipelined50Rcpts(b *testing.B) {
 		d, p := compare(b, r, func(addr string) float64 {
 			const sessions, each = 20, 50
 			t := run(b, sessions, func(int) error {
-				cl, err := dial(addr)
-				if err != nil {
-					return err
-				}
-				defer cl.c.Close()
-				if err := cl.cmd("EHLO bench.test", 250); err != nil {
-					return err
-				}
-				for range each {
-					if err := cl.mailTo(50, data); err != nil {
-						return err
-					}
-				}
-				return cl.cmd("QUIT", 221)
+				return session(addr, each, func(cl *client) error { return cl.mailTo(50, data) })
 			})
 			return sessions * each / t.Seconds()
 		})
@@ -387,14 +385,18 @@ func BenchmarkLarge10MiB(b *testing.B) {
 // endOfData measures, on one session, the time from the final dot to the
 // reply, over n messages, and returns the median in milliseconds.
 func endOfData(b *testing.B, addr string, data []byte, n int) float64 {
-	cl, err := dial(addr)
+	return endOfDataPaced(b, addr, data, n, 0)
+}
+
+// endOfDataPaced is endOfData with a pause between the message and its
+// final dot: a client whose link is slower than the proxy, so that
+// nothing of the body is still in flight at the dot.
+func endOfDataPaced(b *testing.B, addr string, data []byte, n int, pause time.Duration) float64 {
+	cl, err := dialEHLO(addr)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer cl.c.Close()
-	if err := cl.cmd("EHLO bench.test", 250); err != nil {
-		b.Fatal(err)
-	}
 	body, dot := data[:len(data)-3], data[len(data)-3:]
 	var lat []float64
 	for range n {
@@ -407,6 +409,9 @@ func endOfData(b *testing.B, addr string, data []byte, n int) float64 {
 		}
 		cl.w.Write(body)
 		cl.w.Flush()
+		if pause > 0 {
+			time.Sleep(pause)
+		}
 		start := time.Now()
 		cl.w.Write(dot)
 		cl.w.Flush()

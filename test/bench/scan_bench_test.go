@@ -49,12 +49,7 @@ func clamdRig(b *testing.B, c *harness.ClamdServer, tcp bool, stream string) *ri
 // above the largest message, and no load limit.
 func scanRig(b *testing.B, extra ...string) *rig {
 	b.Helper()
-	dir, err := os.MkdirTemp("", "sgbs-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	b.Cleanup(func() { os.RemoveAll(dir) })
+	dir := harness.DaemonDir(b, "sgbs-")
 	lock := filepath.Join(dir, "lock")
 	os.Mkdir(lock, 0o777)
 	os.Chmod(lock, 0o777)
@@ -160,42 +155,6 @@ func clamdAnswer(conn net.Conn) error {
 		return fmt.Errorf("clamd answered %q, %v", r, err)
 	}
 	return nil
-}
-
-// endOfDataPaced is endOfData with a pause between the message and its
-// final dot: a client whose link is slower than the proxy, so that
-// nothing of the body is still in flight at the dot.
-func endOfDataPaced(b *testing.B, addr string, data []byte, n int, pause time.Duration) float64 {
-	cl, err := dial(addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cl.c.Close()
-	if err := cl.cmd("EHLO bench.test", 250); err != nil {
-		b.Fatal(err)
-	}
-	body, dot := data[:len(data)-3], data[len(data)-3:]
-	var lat []float64
-	for range n {
-		cl.w.WriteString("MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.org>\r\nDATA\r\n")
-		cl.w.Flush()
-		for _, c := range []int{250, 250, 354} {
-			if err := cl.expect(c); err != nil {
-				b.Fatal(err)
-			}
-		}
-		cl.w.Write(body)
-		cl.w.Flush()
-		time.Sleep(pause)
-		start := time.Now()
-		cl.w.Write(dot)
-		cl.w.Flush()
-		if err := cl.expect(250); err != nil {
-			b.Fatal(err)
-		}
-		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
-	}
-	return median(lat)
 }
 
 // BenchmarkEndOfDataClamd: the time from the final dot to the reply with

@@ -105,12 +105,7 @@ func runScript(t *testing.T, s *script) {
 	mtaPort := r.ln.Addr().(*net.TCPAddr).Port
 	r.addrs["${mta}"] = r.ln.Addr().String()
 
-	dir, err := os.MkdirTemp("", "sgdlg-") // short: control_socket must fit in 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	dir := harness.DaemonDir(t, "sgdlg-")
 	// The session workers run as nobody when the test runs as root: the
 	// directories they write in are open to them.
 	for _, sub := range []string{"spool", "lock", "ratelimit"} {

@@ -35,12 +35,7 @@ func daemon(t *testing.T, bind string, mta netip.AddrPort, srv *dnstest.Server, 
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "the DNS test runs the daemon as root, to check the lookup process works chrooted")
 	}
-	dir, err := os.MkdirTemp("", "sgdns-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := harness.DaemonDir(t, "sgdns-")
 	// lockd (user nobody) writes the locks.
 	nobody, err := user.Lookup("nobody")
 	if err != nil {

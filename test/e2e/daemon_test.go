@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -19,27 +18,10 @@ import (
 	"smtp-gated/test/harness"
 )
 
-const testUser = "smtpgw-test"
-
 // systemUser makes sure the test's system user exists and returns its ids.
 func systemUser(t *testing.T) (uid, gid int) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: starts the daemon as root with set_user")
-	}
-	u, err := user.Lookup(testUser)
-	if err != nil {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", testUser).CombinedOutput()
-		if err != nil {
-			t.Fatalf("useradd %s: %v %s", testUser, err, out)
-		}
-		if u, err = user.Lookup(testUser); err != nil {
-			t.Fatal(err)
-		}
-	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid
+	return harness.SystemUser(t, "starts the daemon as root with set_user")
 }
 
 // Only master keeps root; every thread of every child runs as set_user,
@@ -49,7 +31,7 @@ func TestPrivileges(t *testing.T) {
 	s := newSetup(t)
 	jail := filepath.Join(s.dir, "jail")
 	os.Mkdir(jail, 0o755)
-	d := s.start(t, "set_user "+testUser, "set_group "+testUser, "chroot_path "+jail)
+	d := s.start(t, "set_user "+harness.TestUser, "set_group "+harness.TestUser, "chroot_path "+jail)
 
 	uids, _ := threadIDs(t, d.Pid())
 	for _, u := range uids {
@@ -99,7 +81,7 @@ func TestPrivileges(t *testing.T) {
 func TestSessionChrootWithoutChrootPath(t *testing.T) {
 	systemUser(t)
 	s := newSetup(t)
-	d := s.start(t, "set_user "+testUser)
+	d := s.start(t, "set_user "+harness.TestUser)
 	for _, pid := range children(t, d)["session"] {
 		root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
 		if err != nil {

@@ -27,12 +27,7 @@ type setup struct {
 func newSetup(t *testing.T) *setup {
 	t.Helper()
 	pf := harness.Postfix(t)
-	dir, err := os.MkdirTemp("", "sge-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := harness.DaemonDir(t, "sge-")
 	return &setup{pf: pf, dir: dir, port: harness.FreePort(t)}
 }
 

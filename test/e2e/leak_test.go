@@ -42,13 +42,7 @@ func TestNoDescriptorLeak(t *testing.T) {
 	}
 	defer sink.Close()
 	_, sport, _ := net.SplitHostPort(sink.Addr())
-	dir, err := os.MkdirTemp("", "sge-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	// Children run unprivileged: they must reach the directory.
-	os.Chmod(dir, 0o755)
+	dir := harness.DaemonDir(t, "sge-")
 	s := &setup{dir: dir, port: harness.FreePort(t)}
 	cfg := fmt.Sprintf(`mode fixed
 fixed_server 127.0.0.1

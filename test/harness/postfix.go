@@ -45,12 +45,10 @@ const (
 	pfDirPrefix = "smtpgated-postfix-"
 )
 
-var shared struct {
-	mu    sync.Mutex
-	srv   *PostfixServer
-	err   error
-	stale sync.Once
-}
+var (
+	sharedPostfix    sharedPeer[*PostfixServer]
+	postfixStaleOnce sync.Once
+)
 
 // Postfix returns the test binary's shared Postfix, starting it on first use
 // (stopped by Main when the tests are done). Tests share it: tell your
@@ -61,22 +59,9 @@ func Postfix(t testing.TB) *PostfixServer {
 	t.Helper()
 	postfixAvailable(t)
 	requireMain(t, "Postfix")
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.srv != nil {
-		return shared.srv
-	}
-	if shared.err != nil {
-		t.Fatalf("the shared Postfix failed to start earlier in this test binary: %v", shared.err)
-	}
-	srv, err := startPostfix()
-	if err != nil {
-		shared.err = err
-		t.Fatalf("start Postfix: %v", err)
-	}
-	t.Logf("harness: shared Postfix on %s started in %v (dir %s)", srv.Addr, srv.StartTime.Round(time.Millisecond), srv.Dir)
-	shared.srv = srv
-	return srv
+	return sharedPostfix.get(t, "Postfix", startPostfix, func(srv *PostfixServer) string {
+		return fmt.Sprintf("on %s started in %v (dir %s)", srv.Addr, srv.StartTime.Round(time.Millisecond), srv.Dir)
+	})
 }
 
 // NewPostfix starts a private Postfix for this test only (stopped by
@@ -86,16 +71,7 @@ func NewPostfix(t testing.TB) *PostfixServer {
 	t.Helper()
 	postfixAvailable(t)
 	requireMain(t, "NewPostfix")
-	srv, err := startPostfix()
-	if err != nil {
-		t.Fatalf("start Postfix: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Errorf("stop Postfix: %v", err)
-		}
-	})
-	return srv
+	return newPeer(t, "Postfix", startPostfix, (*PostfixServer).Stop)
 }
 
 func postfixAvailable(t testing.TB) {
@@ -160,7 +136,7 @@ var masterRe = regexp.MustCompile(`\bready \S+ master=(\d+)`)
 
 // startPostfix starts an instance in a new directory under os.TempDir().
 func startPostfix() (*PostfixServer, error) {
-	shared.stale.Do(stopStalePostfixes)
+	postfixStaleOnce.Do(stopStalePostfixes)
 	dir, err := os.MkdirTemp("", pfDirPrefix)
 	if err != nil {
 		return nil, err

@@ -86,14 +86,11 @@ func SpamMessage(from, to, token string) []byte {
 		"body of %s\r\n%s\r\n", from, to, token, token, token, GTUBE)
 }
 
-var sharedScanners struct {
-	mu        sync.Mutex
-	clamd     *ClamdServer
-	clamdErr  error
-	spamd     *SpamdServer
-	spamdErr  error
-	staleOnce sync.Once
-}
+var (
+	sharedClamd       sharedPeer[*ClamdServer]
+	sharedSpamd       sharedPeer[*SpamdServer]
+	scannersStaleOnce sync.Once
+)
 
 // Clamd returns the test binary's shared clamd, starting it on first use
 // (stopped by Main when the tests are done). Do not stop it: a test that
@@ -104,22 +101,9 @@ func Clamd(t testing.TB) *ClamdServer {
 	t.Helper()
 	clamdAvailable(t)
 	requireMain(t, "Clamd")
-	sharedScanners.mu.Lock()
-	defer sharedScanners.mu.Unlock()
-	if sharedScanners.clamd != nil {
-		return sharedScanners.clamd
-	}
-	if sharedScanners.clamdErr != nil {
-		t.Fatalf("the shared clamd failed to start earlier in this test binary: %v", sharedScanners.clamdErr)
-	}
-	c, err := startClamd()
-	if err != nil {
-		sharedScanners.clamdErr = err
-		t.Fatalf("start clamd: %v", err)
-	}
-	t.Logf("harness: shared clamd on %s and %s started in %v", c.Socket, c.Addr, c.StartTime.Round(time.Millisecond))
-	sharedScanners.clamd = c
-	return c
+	return sharedClamd.get(t, "clamd", startClamd, func(c *ClamdServer) string {
+		return fmt.Sprintf("on %s and %s started in %v", c.Socket, c.Addr, c.StartTime.Round(time.Millisecond))
+	})
 }
 
 // NewClamd starts a private clamd for this test only (stopped and removed
@@ -129,16 +113,7 @@ func NewClamd(t testing.TB) *ClamdServer {
 	t.Helper()
 	clamdAvailable(t)
 	requireMain(t, "NewClamd")
-	c, err := startClamd()
-	if err != nil {
-		t.Fatalf("start clamd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.inst.remove(); err != nil {
-			t.Errorf("stop clamd: %v", err)
-		}
-	})
-	return c
+	return newPeer(t, "clamd", startClamd, func(c *ClamdServer) error { return c.inst.remove() })
 }
 
 // Spamd returns the test binary's shared spamd, starting it on first use
@@ -147,22 +122,9 @@ func Spamd(t testing.TB) *SpamdServer {
 	t.Helper()
 	spamdAvailable(t)
 	requireMain(t, "Spamd")
-	sharedScanners.mu.Lock()
-	defer sharedScanners.mu.Unlock()
-	if sharedScanners.spamd != nil {
-		return sharedScanners.spamd
-	}
-	if sharedScanners.spamdErr != nil {
-		t.Fatalf("the shared spamd failed to start earlier in this test binary: %v", sharedScanners.spamdErr)
-	}
-	s, err := startSpamd()
-	if err != nil {
-		sharedScanners.spamdErr = err
-		t.Fatalf("start spamd: %v", err)
-	}
-	t.Logf("harness: shared spamd on %s and %s started in %v", s.Socket, s.Addr, s.StartTime.Round(time.Millisecond))
-	sharedScanners.spamd = s
-	return s
+	return sharedSpamd.get(t, "spamd", startSpamd, func(s *SpamdServer) string {
+		return fmt.Sprintf("on %s and %s started in %v", s.Socket, s.Addr, s.StartTime.Round(time.Millisecond))
+	})
 }
 
 // NewSpamd starts a private spamd for this test only (stopped and removed
@@ -171,16 +133,7 @@ func NewSpamd(t testing.TB) *SpamdServer {
 	t.Helper()
 	spamdAvailable(t)
 	requireMain(t, "NewSpamd")
-	s, err := startSpamd()
-	if err != nil {
-		t.Fatalf("start spamd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := s.inst.remove(); err != nil {
-			t.Errorf("stop spamd: %v", err)
-		}
-	})
-	return s
+	return newPeer(t, "spamd", startSpamd, func(s *SpamdServer) error { return s.inst.remove() })
 }
 
 // Stop stops clamd (waiting until the process is gone and its socket
@@ -287,7 +240,7 @@ type peerInstance struct {
 // startPeer makes a directory with the given prefix and starts the
 // script's daemon in it on a free port. Main's teardown removes it.
 func startPeer(script, prefix string) (*peerInstance, error) {
-	sharedScanners.staleOnce.Do(func() {
+	scannersStaleOnce.Do(func() {
 		stopStalePeers("clamd.sh", "sgd-clamd-")
 		stopStalePeers("spamd.sh", "sgd-spamd-")
 	})

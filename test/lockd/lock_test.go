@@ -121,7 +121,7 @@ func TestLockForever(t *testing.T) {
 		t.Fatal(err)
 	}
 	// smtpgatectl lists and removes it.
-	if out := s.mustCtl(t, "locks"); !regexp.MustCompile(`(?m)^127\.0\.0\.1\s+virus\s+\S+\s+never\s+` + testUser).MatchString(out) {
+	if out := s.mustCtl(t, "locks"); !regexp.MustCompile(`(?m)^127\.0\.0\.1\s+virus\s+\S+\s+never\s+` + harness.TestUser).MatchString(out) {
 		t.Errorf("locks:\n%s", out)
 	}
 	s.mustCtl(t, "unlock", "127.0.0.1")

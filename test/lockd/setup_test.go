@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -26,30 +25,15 @@ import (
 
 func TestMain(m *testing.M) { harness.Main(m) }
 
-const testUser = "smtpgw-test"
-
 // systemUser makes sure the test's system user exists and returns its ids.
+// Without root it fails, rather than skips, when SMTPGATED_REQUIRE_PEERS=1.
 func systemUser(t *testing.T) (uid, gid int) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv(harness.EnvRequirePeers) == "1" {
-			t.Fatal("needs root: the daemon drops to set_user, and lock files are told apart by their owner")
-		}
-		t.Skip("needs root: the daemon drops to set_user, and lock files are told apart by their owner")
+	const why = "the daemon drops to set_user, and lock files are told apart by their owner"
+	if os.Geteuid() != 0 && os.Getenv(harness.EnvRequirePeers) == "1" {
+		t.Fatal("needs root: " + why)
 	}
-	u, err := user.Lookup(testUser)
-	if err != nil {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", testUser).CombinedOutput()
-		if err != nil {
-			t.Fatalf("useradd %s: %v %s", testUser, err, out)
-		}
-		if u, err = user.Lookup(testUser); err != nil {
-			t.Fatal(err)
-		}
-	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid
+	return harness.SystemUser(t, why)
 }
 
 // setup is a Postfix, the test user, and a directory for one daemon's
@@ -67,12 +51,7 @@ func newSetup(t *testing.T) *setup {
 	t.Helper()
 	uid, gid := systemUser(t)
 	pf := harness.Postfix(t)
-	dir, err := os.MkdirTemp("", "sgl-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := harness.DaemonDir(t, "sgl-")
 	s := &setup{pf: pf, uid: uid, gid: gid, dir: dir, port: harness.FreePort(t)}
 	out := filepath.Join(dir, "out")
 	os.Mkdir(out, 0o755)
@@ -115,7 +94,7 @@ connect_queue 128
 max_load 0
 timeout_shutdown 10
 %s
-`, s.pf.Port, s.port, testUser, testUser, s.dir, s.dir, s.dir, s.dir, s.lockDir(), s.rateDir(), strings.Join(extra, "\n"))
+`, s.pf.Port, s.port, harness.TestUser, harness.TestUser, s.dir, s.dir, s.dir, s.dir, s.lockDir(), s.rateDir(), strings.Join(extra, "\n"))
 }
 
 func (s *setup) start(t *testing.T, extra ...string) *harness.Daemon {

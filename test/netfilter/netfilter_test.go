@@ -18,7 +18,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,20 +25,18 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/test/harness"
+	"smtp-gated/test/netns"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
@@ -72,8 +69,7 @@ var (
 )
 
 func TestNetfilter(t *testing.T) {
-	ipBin, iptBin, ip6tBin := requirements(t)
-	tp := newTopology(t, ipBin, iptBin, ip6tBin)
+	tp := newTopology(t)
 	mta := startMTA(t, tp)
 	d := startProxy(t, tp)
 
@@ -86,8 +82,8 @@ func TestNetfilter(t *testing.T) {
 		})
 	})
 	t.Run("IPv6", func(t *testing.T) {
-		if !tp.v6 {
-			skipOrFail(t, "IPv6 is disabled on this machine (no /proc/net/if_inet6)")
+		if !tp.V6 {
+			netns.SkipOrFail(t, "IPv6 is disabled on this machine (no /proc/net/if_inet6)")
 		}
 		// The proxy's lookup must ask SO_ORIGINAL_DST at level SOL_IPV6.
 		checkRelay(t, tp, mta, d, route{
@@ -101,8 +97,8 @@ func TestNetfilter(t *testing.T) {
 		checkLoop(t, tp, mta, d, netip.AddrPortFrom(gwCliAddr4, proxyPort))
 	})
 	t.Run("LoopAvoidanceIPv6", func(t *testing.T) {
-		if !tp.v6 {
-			skipOrFail(t, "IPv6 is disabled on this machine (no /proc/net/if_inet6)")
+		if !tp.V6 {
+			netns.SkipOrFail(t, "IPv6 is disabled on this machine (no /proc/net/if_inet6)")
 		}
 		checkLoop(t, tp, mta, d, netip.AddrPortFrom(gwCliAddr6, proxyPort))
 	})
@@ -130,362 +126,91 @@ func TestNetfilter(t *testing.T) {
 	}
 }
 
-// requirements skips the test (or fails it with SMTPGATED_REQUIRE_PEERS=1)
-// when it cannot run here, and returns the paths of ip, iptables, ip6tables.
-func requirements(t *testing.T) (ipBin, iptBin, ip6tBin string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "the netfilter test needs root (network namespaces, iptables)")
-	}
-	var missing []string
-	paths := map[string]string{}
-	for _, tool := range []string{"ip", "iptables", "ip6tables"} {
-		p, err := lookSbin(tool)
-		if err != nil {
-			missing = append(missing, tool)
-		}
-		paths[tool] = p
-	}
-	if len(missing) > 0 {
-		skipOrFail(t, "the netfilter test needs "+strings.Join(missing, ", ")+" (apt-get install iproute2 iptables)")
-	}
-	return paths["ip"], paths["iptables"], paths["ip6tables"]
-}
-
-func skipOrFail(t *testing.T, reason string) {
-	t.Helper()
-	if os.Getenv(harness.EnvRequirePeers) == "1" {
-		t.Fatalf("%s (and %s=1)", reason, harness.EnvRequirePeers)
-	}
-	t.Skipf("%s (set %s=1 to fail instead of skipping)", reason, harness.EnvRequirePeers)
-}
-
-// lookSbin is exec.LookPath that also looks in the sbin directories, which
-// are not in every user's PATH.
-func lookSbin(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found", name)
-}
-
 // ---------------------------------------------------------------------------
 // Network namespaces
 
-// inNetns runs f on an OS thread that joined the network namespace
-// /run/netns/<ns>. Sockets f opens stay in that namespace for their whole
-// life, whichever thread uses them later. The thread goes back to the
-// original namespace afterwards; if that fails it stays locked, and the Go
-// runtime ends a thread whose goroutine exits locked, so no goroutine ever
-// runs in the wrong namespace. (Threads the runtime creates while a
-// goroutine is locked come from its template thread, not from this one.)
-func inNetns(ns string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own network namespace: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(filepath.Join("/run/netns", ns), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open network namespace %s: %w", ns, err)
-			return
-		}
-		err = unix.Setns(target, unix.CLONE_NEWNET)
-		unix.Close(target)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("back from network namespace %s: %w (thread discarded)", ns, err))
-			return // still locked: the thread ends with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-// topology is the three namespaces and the veth pairs between them.
+// topology is the three namespaces (test/netns, which removes them and
+// what runs in them at the end) and the veth pairs between them.
 type topology struct {
-	ipBin, iptBin, ip6tBin string
-	cli, gw, mta           string // namespace names
-	cliIf, gwCliIf         string // the CLI–GW veth pair: end in CLI, end in GW
-	gwMtaIf, mtaIf         string // the GW–MTA veth pair: end in GW, end in MTA
-	v6                     bool   // the machine has IPv6
-	created                []string
+	*netns.Topology
+	cli, gw, mta   string // namespace names
+	cliIf, gwCliIf string // the CLI–GW veth pair: end in CLI, end in GW
+	gwMtaIf, mtaIf string // the GW–MTA veth pair: end in GW, end in MTA
 }
 
 // newTopology builds the namespaces, links, addresses, routes and the
-// REDIRECT rules, and registers their removal with t.Cleanup (also when the
-// set-up fails half-way).
-func newTopology(t *testing.T, ipBin, iptBin, ip6tBin string) *topology {
+// REDIRECT rules; netns.New registers their removal with t.Cleanup (also
+// when the set-up fails half-way).
+func newTopology(t *testing.T) *topology {
 	t.Helper()
 	pid := os.Getpid()
 	tp := &topology{
-		ipBin: ipBin, iptBin: iptBin, ip6tBin: ip6tBin,
-		cli:     fmt.Sprintf("%s%d-cli", nsPrefix, pid),
-		gw:      fmt.Sprintf("%s%d-gw", nsPrefix, pid),
-		mta:     fmt.Sprintf("%s%d-mta", nsPrefix, pid),
-		cliIf:   fmt.Sprintf("cli%d", pid), // at most 10 characters of IFNAMSIZ's 15
-		gwCliIf: fmt.Sprintf("gwc%d", pid),
-		gwMtaIf: fmt.Sprintf("gwm%d", pid),
-		mtaIf:   fmt.Sprintf("mta%d", pid),
+		Topology: netns.New(t, nsPrefix),
+		cliIf:    fmt.Sprintf("cli%d", pid), // at most 10 characters of IFNAMSIZ's 15
+		gwCliIf:  fmt.Sprintf("gwc%d", pid),
+		gwMtaIf:  fmt.Sprintf("gwm%d", pid),
+		mtaIf:    fmt.Sprintf("mta%d", pid),
 	}
-	_, err := os.Stat("/proc/net/if_inet6")
-	tp.v6 = err == nil
-	tp.sweepStale(t)
-	t.Cleanup(func() { tp.teardown(t) })
-
-	for i, ns := range []string{tp.cli, tp.gw, tp.mta} {
-		if out, err := tp.run(tp.ipBin, "netns", "add", ns); err != nil {
-			if i == 0 {
-				skipOrFail(t, fmt.Sprintf("cannot create a network namespace here: %v: %s", err, out))
-			}
-			t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
-		}
-		tp.created = append(tp.created, ns)
-	}
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := tp.run(tp.ipBin, args...); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	// The veth pairs are born in GW with their peer end directly in the
-	// other namespace: nothing ever appears in the machine's own namespace.
-	ip("-n", tp.gw, "link", "add", tp.gwCliIf, "type", "veth", "peer", "name", tp.cliIf, "netns", tp.cli)
-	ip("-n", tp.gw, "link", "add", tp.gwMtaIf, "type", "veth", "peer", "name", tp.mtaIf, "netns", tp.mta)
+	ns := tp.Add("cli", "gw", "mta")
+	tp.cli, tp.gw, tp.mta = ns[0], ns[1], ns[2]
 
 	// GW routes between CLI and MTA.
-	sysctls := [][2]string{{"net.ipv4.ip_forward", "1"}}
-	if tp.v6 {
-		sysctls = append(sysctls, [2]string{"net.ipv6.conf.all.forwarding", "1"})
+	tp.Sysctl(tp.gw, "net.ipv4.ip_forward", "1")
+	if tp.V6 {
+		tp.Sysctl(tp.gw, "net.ipv6.conf.all.forwarding", "1")
 	}
-	for _, kv := range sysctls {
-		if err := setSysctl(tp.gw, kv[0], kv[1]); err != nil {
-			t.Fatalf("sysctl in %s: %v", tp.gw, err)
+
+	// The veth pairs are born in GW with their peer end directly in the
+	// other namespace: nothing ever appears in the machine's own namespace.
+	tp.Veth(tp.gw, tp.gwCliIf, tp.cli, tp.cliIf)
+	tp.Veth(tp.gw, tp.gwMtaIf, tp.mta, tp.mtaIf)
+	t.Cleanup(func() {
+		// Deleting one end of a veth pair deletes both. Explicit, so the
+		// links are gone now even if something still pins a namespace.
+		for _, dev := range []string{tp.gwCliIf, tp.gwMtaIf} {
+			exec.Command(tp.IP, "-n", tp.gw, "link", "del", dev).Run()
 		}
-	}
+	})
 
-	for _, ns := range []string{tp.cli, tp.gw, tp.mta} {
-		ip("-n", ns, "link", "set", "lo", "up")
-	}
-	ip("-n", tp.cli, "link", "set", tp.cliIf, "up")
-	ip("-n", tp.gw, "link", "set", tp.gwCliIf, "up")
-	ip("-n", tp.gw, "link", "set", tp.gwMtaIf, "up")
-	ip("-n", tp.mta, "link", "set", tp.mtaIf, "up")
-
-	type ifAddr struct {
+	// IPv6 addresses without duplicate address detection, each waited for
+	// until it leaves the tentative state.
+	for _, a := range []struct {
 		ns, dev string
 		v4, v6  netip.Addr
-	}
-	addrs := []ifAddr{
+	}{
 		{tp.cli, tp.cliIf, cliAddr4, cliAddr6},
 		{tp.gw, tp.gwCliIf, gwCliAddr4, gwCliAddr6},
 		{tp.gw, tp.gwMtaIf, gwMtaAddr4, gwMtaAddr6},
 		{tp.mta, tp.mtaIf, mtaAddr4, mtaAddr6},
-	}
-	for _, a := range addrs {
-		ip("-n", a.ns, "addr", "add", a.v4.String()+"/24", "dev", a.dev)
-		if tp.v6 {
-			// nodad: usable at once, without the second of duplicate
-			// address detection.
-			ip("-n", a.ns, "addr", "add", a.v6.String()+"/64", "dev", a.dev, "nodad")
+	} {
+		tp.Addr(a.ns, a.dev, a.v4, 24)
+		if tp.V6 {
+			tp.Addr(a.ns, a.dev, a.v6, 64)
 		}
 	}
-	if tp.v6 {
-		// Even a nodad address stays "tentative" until IPv6 sees its link
-		// ready, which the kernel learns asynchronously (linkwatch, up to
-		// about a second after "link set up"). There is no event to wait
-		// for without a netlink listener, so poll, briefly and bounded.
-		for _, a := range addrs {
-			waitFor(t, fmt.Sprintf("%s on %s in %s to leave the tentative state", a.v6, a.dev, a.ns), 10*time.Second, func() (bool, error) {
-				out, err := tp.run(tp.ipBin, "-n", a.ns, "-6", "-o", "addr", "show", "dev", a.dev, "scope", "global", "tentative")
-				return err == nil && strings.TrimSpace(out) == "", err
-			})
-		}
-	}
-	ip("-n", tp.cli, "route", "add", "default", "via", gwCliAddr4.String())
-	ip("-n", tp.mta, "route", "add", "default", "via", gwMtaAddr4.String())
-	if tp.v6 {
-		ip("-n", tp.cli, "-6", "route", "add", "default", "via", gwCliAddr6.String())
-		ip("-n", tp.mta, "-6", "route", "add", "default", "via", gwMtaAddr6.String())
+	tp.Run("ip", "-n", tp.cli, "route", "add", "default", "via", gwCliAddr4.String())
+	tp.Run("ip", "-n", tp.mta, "route", "add", "default", "via", gwMtaAddr4.String())
+	if tp.V6 {
+		tp.Run("ip", "-n", tp.cli, "-6", "route", "add", "default", "via", gwCliAddr6.String())
+		tp.Run("ip", "-n", tp.mta, "-6", "route", "add", "default", "via", gwMtaAddr6.String())
 	}
 
 	// The transparent part: SMTP from CLI goes to the proxy instead.
-	rules := []string{tp.iptBin}
-	if tp.v6 {
-		rules = append(rules, tp.ip6tBin)
+	tools := []string{"iptables"}
+	if tp.V6 {
+		tools = append(tools, "ip6tables")
 	}
-	for _, bin := range rules {
-		args := []string{"netns", "exec", tp.gw, bin, "-w", "-t", "nat", "-A", "PREROUTING",
-			"-i", tp.gwCliIf, "-p", "tcp", "--dport", "25", "-j", "REDIRECT", "--to-ports", strconv.Itoa(proxyPort)}
-		if out, err := tp.run(tp.ipBin, args...); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
+	for _, tool := range tools {
+		tp.Exec(tp.gw, tool, "-w", "-t", "nat", "-A", "PREROUTING",
+			"-i", tp.gwCliIf, "-p", "tcp", "--dport", "25", "-j", "REDIRECT", "--to-ports", strconv.Itoa(proxyPort))
 	}
 	return tp
-}
-
-// run runs a command and returns its combined output.
-func (tp *topology) run(bin string, args ...string) (string, error) {
-	out, err := exec.Command(bin, args...).CombinedOutput()
-	return string(out), err
-}
-
-// setSysctl writes a net.* sysctl of namespace ns. /proc/sys/net shows the
-// namespace of the thread that looks, so a thread inside ns writes it.
-func setSysctl(ns, key, value string) error {
-	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
-	return inNetns(ns, func() error {
-		if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
-			return err
-		}
-		got, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(string(got)) != value {
-			return fmt.Errorf("%s is %q after writing %q", key, strings.TrimSpace(string(got)), value)
-		}
-		return nil
-	})
-}
-
-// teardown removes what newTopology made. The daemon is gone by now
-// (its cleanup was registered later, so it ran first); a process still in
-// one of the namespaces is a leak of this test: reported, then killed.
-func (tp *topology) teardown(t *testing.T) {
-	for _, ns := range tp.created {
-		for _, pid := range tp.nsPids(ns) {
-			// After a failure the harness has just SIGKILLed the
-			// daemon's processes: give them a moment to be gone.
-			fd, err := unix.PidfdOpen(pid, 0)
-			if err != nil {
-				continue // gone already
-			}
-			p := pidfd{pid, fd, procCmdline(pid)}
-			if p.wait(5*time.Second) == nil {
-				continue
-			}
-			t.Errorf("process %d (%q) still running in namespace %s at the end of the test: killing it", pid, p.cmdline, ns)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-	if len(tp.created) > 1 {
-		// Deleting one end of a veth pair deletes both. Explicit, so the
-		// links are gone now even if something still pins a namespace.
-		for _, dev := range []string{tp.gwCliIf, tp.gwMtaIf} {
-			tp.run(tp.ipBin, "-n", tp.gw, "link", "del", dev)
-		}
-	}
-	for _, ns := range tp.created {
-		if out, err := tp.run(tp.ipBin, "netns", "del", ns); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
-		}
-		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
-			t.Errorf("namespace %s still exists after ip netns del", ns)
-		}
-	}
-	tp.created = nil
-}
-
-// nsPids lists the processes in namespace ns (other than this test).
-func (tp *topology) nsPids(ns string) []int {
-	out, _ := tp.run(tp.ipBin, "netns", "pids", ns)
-	var pids []int
-	for _, f := range strings.Fields(out) {
-		if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-var staleRe = regexp.MustCompile(`^` + nsPrefix + `(\d+)-(cli|gw|mta)$`)
-
-// sweepStale removes the namespaces of an earlier run of this test that
-// died without its cleanup (killed by a go test -timeout, SIGKILL), and the
-// processes that run inside them, which that run started.
-func (tp *topology) sweepStale(t *testing.T) {
-	ents, _ := os.ReadDir("/run/netns")
-	for _, e := range ents {
-		m := staleRe.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
-		}
-		owner, _ := strconv.Atoi(m[1])
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", owner)); err == nil {
-			continue // its test binary (or an unrelated process with that pid) is alive: leave it
-		}
-		t.Logf("removing namespace %s left behind by a dead test binary (pid %d)", e.Name(), owner)
-		for _, pid := range tp.nsPids(e.Name()) {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if out, err := tp.run(tp.ipBin, "netns", "del", e.Name()); err != nil {
-			t.Logf("ip netns del %s: %v: %s", e.Name(), err, out)
-		}
-	}
-}
-
-// waitFor polls cond every 10 ms until it holds, failing the test after
-// timeout.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, err := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s (last error: %v)", timeout, what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // dialFrom connects from namespace ns to addr.
 func dialFrom(t *testing.T, ns string, addr netip.AddrPort) *client {
 	t.Helper()
-	var conn net.Conn
-	err := inNetns(ns, func() error {
-		d := net.Dialer{Timeout: ioTimeout}
-		// Addresses and routes are in place before the first dial (the
-		// IPv6 ones checked non-tentative), so the first attempt should
-		// succeed: ARP and neighbour discovery queue the SYN meanwhile.
-		// "Unreachable" can only be a transient of the link coming up;
-		// it is retried a few times, 100 ms apart, and logged.
-		for attempt := 1; ; attempt++ {
-			var err error
-			conn, err = d.Dial("tcp", addr.String())
-			if err == nil || attempt == 5 ||
-				!(errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)) {
-				return err
-			}
-			t.Logf("dial %v from %s (attempt %d): %v; retrying", addr, ns, attempt, err)
-			time.Sleep(100 * time.Millisecond)
-		}
-	})
-	if err != nil {
-		t.Fatalf("dial %v from namespace %s: %v", addr, ns, err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := netns.Dial(t, ns, netip.Addr{}, addr)
 	return &client{conn: conn, r: bufio.NewReader(conn)}
 }
 
@@ -523,19 +248,12 @@ func startMTA(t *testing.T, tp *topology) *mtaServer {
 		openConns: map[net.Conn]bool{},
 	}
 	addrs := []netip.Addr{mtaAddr4}
-	if tp.v6 {
+	if tp.V6 {
 		addrs = append(addrs, mtaAddr6)
 	}
 	t.Cleanup(s.close)
 	for _, a := range addrs {
-		var ln net.Listener
-		err := inNetns(tp.mta, func() (err error) {
-			ln, err = net.Listen("tcp", netip.AddrPortFrom(a, 25).String())
-			return err
-		})
-		if err != nil {
-			t.Fatalf("MTA listen on %v: %v", a, err)
-		}
+		ln := netns.Listen(t, tp.mta, "tcp", netip.AddrPortFrom(a, 25).String())
 		s.lns = append(s.lns, ln)
 		s.wg.Add(1)
 		go s.acceptLoop(ln)
@@ -943,62 +661,20 @@ func checkWorkersNotRoot(t *testing.T, master int) {
 func startProxy(t *testing.T, tp *topology) *harness.Daemon {
 	t.Helper()
 	bin := harness.DaemonBinary(t)
-	// The daemon's files: a directory its unprivileged children can
-	// traverse, removed after the test.
-	dir, err := os.MkdirTemp("", "sgnf-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Fatalf("user nobody: %v", err)
-	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(nobody.Gid)
-	for _, sub := range []string{"spool", "lock", "ratelimit"} {
-		p := filepath.Join(dir, sub)
-		if err := os.Mkdir(p, 0o750); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(p, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The harness runs BINARY -f CONFIG; this wrapper puts the daemon into
-	// GW. ip netns exec executes the command in place, so the pid the
-	// harness knows is smtp-gated's master.
-	wrapper := filepath.Join(dir, "in-gw")
-	script := fmt.Sprintf("#!/bin/sh\nexec %s netns exec %s %s \"$@\"\n", shQuote(tp.ipBin), shQuote(tp.gw), shQuote(bin))
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	conf := fmt.Sprintf(`# netfilter end-to-end test
+	// netns adds the daemon's files (in a directory its unprivileged
+	// children can traverse), set_user nobody, log_level debug and
+	// max_load 0, so this machine's load cannot turn the test's
+	// connections away.
+	d, _ := tp.StartDaemon(t, tp.gw, fmt.Sprintf(`# netfilter end-to-end test
 mode netfilter
 proxy_name %s
 bind_address ::
 port %d
-pidfile %s
-control_socket %s
-statefile %s
-spool_path %s
-lock_path %s
-ratelimit_path %s
 session_workers 2
-set_user nobody
-log_level debug
-# This machine's load must not turn the test's connections away.
-max_load 0
 # The MTA must get the message exactly as the client sent it.
 nat_header_type none
 msg_loop_avoidance "%s"
-`, proxyName, proxyPort, filepath.Join(dir, "pid"), filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "state"),
-		filepath.Join(dir, "spool"), filepath.Join(dir, "lock"), filepath.Join(dir, "ratelimit"), loopText)
-	// TMPDIR: the empty directory master makes for chroots lands in dir.
-	d := harness.StartDaemon(t, conf, harness.WithBinary(wrapper), harness.WithEnv("TMPDIR="+dir))
+`, proxyName, proxyPort, loopText))
 	// The wrapper and ip executed smtp-gated in place: the harness's pid is
 	// the master's.
 	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", d.Pid())); err != nil || exe != bin {
@@ -1066,8 +742,6 @@ func randomHex(t *testing.T) string {
 	}
 	return hex.EncodeToString(b[:])
 }
-
-func shQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // childPids lists the live processes whose parent is pid, from /proc.
 func childPids(pid int) []int {

@@ -181,11 +181,25 @@ func (tp *Topology) Addr(ns, dev string, a netip.Addr, bits int) {
 	}
 }
 
-// Sysctl writes a net.* sysctl of namespace ns.
+// Sysctl writes a net.* sysctl of namespace ns and checks it took.
+// /proc/sys/net shows the namespace of the thread that looks, so a thread
+// inside ns writes it.
 func (tp *Topology) Sysctl(ns, key, value string) {
 	tp.t.Helper()
 	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
-	err := In(ns, func() error { return os.WriteFile(path, []byte(value+"\n"), 0o644) })
+	err := In(ns, func() error {
+		if err := os.WriteFile(path, []byte(value+"\n"), 0o644); err != nil {
+			return err
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(got)) != value {
+			return fmt.Errorf("%s is %q after writing %q", key, strings.TrimSpace(string(got)), value)
+		}
+		return nil
+	})
 	if err != nil {
 		tp.t.Fatalf("sysctl %s=%s in %s: %v", key, value, ns, err)
 	}
@@ -277,17 +291,23 @@ func (tp *Topology) StartDaemon(t testing.TB, ns, config string, opts ...harness
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	nobody, err := user.Lookup("nobody")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("user nobody: %v", err)
 	}
 	uid, _ := strconv.Atoi(nobody.Uid)
 	gid, _ := strconv.Atoi(nobody.Gid)
 	for _, sub := range []string{"spool", "lock", "ratelimit"} {
 		p := filepath.Join(dir, sub)
-		os.Mkdir(p, 0o750)
-		os.Chown(p, uid, gid)
+		if err := os.Mkdir(p, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
 	}
 	wrapper := filepath.Join(dir, "in-ns")
 	script := fmt.Sprintf("#!/bin/sh\nexec %s netns exec %s %s \"$@\"\n", shQuote(tp.IP), shQuote(ns), shQuote(bin))
@@ -328,6 +348,9 @@ func (tp *Topology) teardown() {
 	for _, ns := range tp.created {
 		if out, err := tp.run(tp.IP, "netns", "del", ns); err != nil {
 			tp.t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+		}
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			tp.t.Errorf("namespace %s still exists after ip netns del", ns)
 		}
 	}
 	tp.created = nil

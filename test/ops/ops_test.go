@@ -31,12 +31,7 @@ type setup struct {
 func newSetup(t *testing.T) *setup {
 	t.Helper()
 	pf := harness.Postfix(t)
-	dir, err := os.MkdirTemp("", "sgo-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := harness.DaemonDir(t, "sgo-")
 	return &setup{pf: pf, dir: dir, port: harness.FreePort(t)}
 }
 

@@ -16,11 +16,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,28 +31,11 @@ import (
 
 func TestMain(m *testing.M) { harness.Main(m) }
 
-const testUser = "smtpgw-test"
-
-// systemUser makes sure the unprivileged test user exists (as test/e2e
-// does) and returns its ids.
+// systemUser makes sure the unprivileged test user exists and returns its
+// ids.
 func systemUser(t *testing.T) (uid, gid int) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runs the scanner process as root with set_user")
-	}
-	u, err := user.Lookup(testUser)
-	if err != nil {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", testUser).CombinedOutput()
-		if err != nil {
-			t.Fatalf("useradd %s: %v %s", testUser, err, out)
-		}
-		if u, err = user.Lookup(testUser); err != nil {
-			t.Fatal(err)
-		}
-	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid
+	return harness.SystemUser(t, "runs the scanner process as root with set_user")
 }
 
 // procUID returns the real, effective, saved and fs uids of pid.
@@ -105,7 +86,7 @@ session_workers 2
 set_user %s
 set_group %s
 %s
-`, harness.FreePort(t), harness.FreePort(t), dir, dir, dir, dir, dir, dir, testUser, testUser, strings.Join(extra, "\n"))
+`, harness.FreePort(t), harness.FreePort(t), dir, dir, dir, dir, dir, dir, harness.TestUser, harness.TestUser, strings.Join(extra, "\n"))
 }
 
 // The scanner process of the daemon starts with clamd and spamd configured,
@@ -305,7 +286,7 @@ func TestScannerChild(t *testing.T) {
 	uid, _ := systemUser(t)
 	c, s := harness.Clamd(t), harness.Spamd(t)
 	base := fmt.Sprintf("mode getsockname\nlog_level debug\nset_user %s\nset_group %s\nspam_max_load 0\n"+
-		"antispam_type spamassassin\nantispam_path %s\n", testUser, testUser, s.Socket)
+		"antispam_type spamassassin\nantispam_path %s\n", harness.TestUser, harness.TestUser, s.Socket)
 	tok := harness.Token(t)
 	virus := writeSpool(t, harness.VirusMessage("a@example.com", "b@example.org", tok))
 	spam := writeSpool(t, harness.SpamMessage("a@example.com", "b@example.org", tok))
@@ -357,7 +338,7 @@ func TestScannerChild(t *testing.T) {
 func TestScannerChildUnexpected(t *testing.T) {
 	systemUser(t)
 	harness.Clamd(t) // skips unless the peers can run
-	sc := startScannerChild(t, fmt.Sprintf("mode getsockname\nset_user %s\nset_group %s\n", testUser, testUser))
+	sc := startScannerChild(t, fmt.Sprintf("mode getsockname\nset_user %s\nset_group %s\n", harness.TestUser, harness.TestUser))
 	if err := sc.session.Send(ipc.MsgSessionEnd, &ipc.SessionEnd{ID: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -428,7 +409,7 @@ func TestScannerChildMksd(t *testing.T) {
 			c.Close()
 		}
 	}()
-	sc := startScannerChild(t, fmt.Sprintf("mode getsockname\nset_user %s\nset_group %s\nantivirus_type mksd\nantivirus_path %s\n", testUser, testUser, sock))
+	sc := startScannerChild(t, fmt.Sprintf("mode getsockname\nset_user %s\nset_group %s\nantivirus_type mksd\nantivirus_path %s\n", harness.TestUser, harness.TestUser, sock))
 	spool := writeSpool(t, append(harness.Message("a@example.com", "b@example.org", "x"), harness.EICAR()...))
 	if v := sc.scan(t, spool); v.Kind != ipc.VerdictVirus || v.Name != "EICAR" {
 		t.Errorf("verdict %+v, want virus EICAR", v)
