@@ -136,16 +136,16 @@ func TestLockdStopped(t *testing.T) {
 	}
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	start := time.Now()
-	code, _, _ := greeting(t, "127.0.0.1", s.addr())
+	code, text, _ := greeting(t, "127.0.0.1", s.addr())
 	took := time.Since(start)
 	if code != 421 || took > 8*time.Second {
-		t.Fatalf("with lockd stopped: %d after %v, want 421 within the bound", code, took)
+		t.Fatalf("with lockd stopped: %d %q after %v, want 421 within the bound", code, text, took)
 	}
 	t.Logf("421 after %v", took)
 	syscall.Kill(pid, syscall.SIGCONT)
-	code, _, c := greeting(t, "127.0.0.1", s.addr())
+	code, text, c := greeting(t, "127.0.0.1", s.addr())
 	if code != 220 {
-		t.Fatalf("with lockd continued: %d, want 220", code)
+		t.Fatalf("with lockd continued: %d %q, want 220", code, text)
 	}
 	c.Quit()
 }

@@ -221,12 +221,19 @@ func fileOwner(t *testing.T, path string) (uid int, mode os.FileMode, content st
 // lockdPid is the pid of the daemon's lockd.
 func lockdPid(t *testing.T, d *harness.Daemon) int {
 	t.Helper()
-	for _, pid := range harness.ChildPids(d.Pid()) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if strings.Contains(string(b), "\x00lockd") {
-			return pid
+	// /proc is read while processes come and go on a busy machine: a
+	// child can be missed by one pass.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, pid := range harness.ChildPids(d.Pid()) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if strings.Contains(string(b), "\x00lockd") {
+				return pid
+			}
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no lockd process among the children of %d", d.Pid())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatal("no lockd process")
-	return 0
 }
