@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"sync/atomic"
@@ -139,27 +138,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 			s.cfg.Store(cfg)
 		}
 	case *ipc.PeerLink:
-		f := m.TakeFile(0)
-		defer f.Close()
-		if v.Role != ipc.RoleSession {
-			s.env.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
-		}
-		conn, err := ipc.NewConn(f)
-		if err != nil {
-			s.env.Fatalf("link to session %d: %v", v.Index, err)
-		}
-		name := fmt.Sprintf("session %d", v.Index)
-		sp := ipc.NewPeer(conn, name, s.fromSession)
-		go func() {
-			err := sp.Run()
-			sp.Close()
-			if !errors.Is(err, io.EOF) {
-				// A session worker that sends garbage is killed by
-				// master's supervision on its own errors; here the
-				// link is simply dropped and logged.
-				s.env.Log.Errf("link to %s: %v", name, err)
-			}
-		}()
+		s.env.ServeSessionLink(m, v, s.fromSession, nil)
 	default:
 		s.env.Fatalf("unexpected %v from master", m.Type)
 	}

@@ -2,9 +2,6 @@ package scanner
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 
 	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
@@ -22,27 +19,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 			}
 		}
 	case *ipc.PeerLink:
-		f := m.TakeFile(0)
-		defer f.Close()
-		if v.Role != ipc.RoleSession {
-			s.env.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
-		}
-		conn, err := ipc.NewConn(f)
-		if err != nil {
-			s.env.Fatalf("link to session %d: %v", v.Index, err)
-		}
-		name := fmt.Sprintf("session %d", v.Index)
-		sp := ipc.NewPeer(conn, name, s.fromSession)
-		go func() {
-			err := sp.Run()
-			sp.Close()
-			s.streams.dropLink(sp)
-			if !errors.Is(err, io.EOF) {
-				// A worker that sends garbage loses its link; master
-				// relinks it when it restarts.
-				s.env.Log.Errf("link to %s: %v", name, err)
-			}
-		}()
+		s.env.ServeSessionLink(m, v, s.fromSession, s.streams.dropLink)
 	default:
 		m.Close()
 		s.env.Fatalf("unexpected %v from master", m.Type)

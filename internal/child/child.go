@@ -146,3 +146,32 @@ func (e *Env) Reconfigure(p *ipc.Peer, m *ipc.Msg, v *ipc.Config) *config.Config
 	}
 	return cfg
 }
+
+// ServeSessionLink takes the link to a session worker that master hands a
+// service process (lookup, scanner, lockd) and serves it with h until it
+// ends. ended, if not nil, runs when it has. A link that ends otherwise
+// than by the worker going away is logged and dropped: master relinks the
+// worker when it restarts.
+func (e *Env) ServeSessionLink(m *ipc.Msg, v *ipc.PeerLink, h ipc.Handler, ended func(*ipc.Peer)) {
+	f := m.TakeFile(0)
+	defer f.Close()
+	if v.Role != ipc.RoleSession {
+		e.Fatalf("unexpected %v for role %q from master", m.Type, v.Role)
+	}
+	conn, err := ipc.NewConn(f)
+	if err != nil {
+		e.Fatalf("link to session %d: %v", v.Index, err)
+	}
+	name := fmt.Sprintf("session %d", v.Index)
+	sp := ipc.NewPeer(conn, name, h)
+	go func() {
+		err := sp.Run()
+		sp.Close()
+		if ended != nil {
+			ended(sp)
+		}
+		if !errors.Is(err, io.EOF) {
+			e.Log.Errf("link to %s: %v", name, err)
+		}
+	}()
+}
