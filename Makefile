@@ -41,8 +41,16 @@ run/smtp-gated.conf: etc/dev.conf.in
 	mkdir -p $(RUNDIR)
 	test -f $@ || sed 's|@RUNDIR@|$(RUNDIR)|g' etc/dev.conf.in > $@
 
-run: build run/smtp-gated.conf
-	./bin/smtp-gated -f run/smtp-gated.conf
+# The clamd sockets `make run` scans with when one answers (Debian's).
+CLAMD_SOCKETS ?= /run/clamav/clamd.ctl /var/run/clamav/clamd.ctl
+
+# What `make run` runs: the daemon, and a bundled test MTA when nothing
+# answers on the configured one (test/devrun).
+bin/devrun: $(GOFILES) go.mod
+	$(GO) build -o $@ ./test/devrun
+
+run: build bin/devrun run/smtp-gated.conf
+	./bin/devrun -conf run/smtp-gated.conf -daemon bin/smtp-gated -clamd "$(CLAMD_SOCKETS)"
 
 test: lint unit e2e cross
 

@@ -295,11 +295,29 @@ func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 }
 
 // stopChildren closes every child's link (they exit on end of file) and
-// waits for them, killing what is left after the bound.
+// waits for them, killing what is left after the bound. The session
+// workers go first: they use the services to the end, and a service that
+// went before them would leave them a broken link to report.
 func (m *master) stopChildren(bound time.Duration) {
+	deadline := time.Now().Add(bound)
+	m.mu.Lock()
+	workers := append([]*proc{}, m.sessionProcs...)
+	var services []*proc
+	for _, p := range []*proc{m.lookup, m.scanner, m.lockd} {
+		if p != nil {
+			services = append(services, p)
+		}
+	}
+	m.mu.Unlock()
+	m.stopProcs(workers, deadline, bound)
+	m.stopProcs(services, deadline, bound)
+}
+
+// stopProcs closes the links of procs and waits for them until deadline.
+func (m *master) stopProcs(procs []*proc, deadline time.Time, bound time.Duration) {
 	m.mu.Lock()
 	var cmds []*exec.Cmd
-	for _, p := range m.allProcs() {
+	for _, p := range procs {
 		if p.peer != nil {
 			p.peer.Close()
 		}
@@ -308,7 +326,6 @@ func (m *master) stopChildren(bound time.Duration) {
 		}
 	}
 	m.mu.Unlock()
-	deadline := time.Now().Add(bound)
 	for _, c := range cmds {
 		for c.ProcessState == nil && processAlive(c.Process.Pid) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)

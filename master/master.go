@@ -133,7 +133,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	}
 	m.maxConnections = int(cfg.MaxConnections)
 	if os.Geteuid() != 0 {
-		log.Warningf("not started as root: children keep this user and are not chrooted")
+		log.Noticef("not started as root: children keep this user and are not chrooted")
 	} else {
 		if cfg.SetUser == "" {
 			log.Warningf("set_user is not set: children run as %q", "nobody")
@@ -164,7 +164,11 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	}
 	// Limits and priority before the children exist: they inherit them.
 	for _, note := range resource.Apply(cfg) {
-		log.Warningf("%s", note)
+		if note.Default {
+			log.Infof("%s", note.Msg)
+		} else {
+			log.Warningf("%s", note.Msg)
+		}
 	}
 	defer m.listener.Close()
 	if cfg.Mode == config.ModeTproxy || cfg.Mode == config.ModeTproxyNetfilter {

@@ -73,7 +73,7 @@ func Begin(role string) (*Env, error) {
 	// Inherited from master already; applied again from the
 	// configuration the child was given. Master logged what does not apply.
 	for _, note := range resource.Apply(cfg) {
-		log.Debugf("%s", note)
+		log.Debugf("%s", note.Msg)
 	}
 	return &Env{Role: role, Hello: h, Cfg: cfg, Log: log, Master: conn, hello: m}, nil
 }

@@ -34,15 +34,25 @@ type limit struct {
 	name     string // the option
 	resource int    // RLIMIT_*; -1 when the system has none
 	value    int64
+	dflt     int64 // the option's default
 	floor    int64
 }
 
+// Note is something Apply could not or would not apply. Default tells
+// that the option has its default value: the administrator did not ask
+// for it, so it is not worth a warning.
+type Note struct {
+	Msg     string
+	Default bool
+}
+
 func limits(cfg *config.Config) []limit {
+	d := config.Default()
 	return []limit{
-		{"limit_core_size", rlimitCore, cfg.LimitCoreSize, 0},
-		{"limit_virt_size", rlimitAS, cfg.LimitVirtSize, AddressFloor},
-		{"limit_data_size", rlimitData, cfg.LimitDataSize, DataFloor},
-		{"limit_fsize", rlimitFsize, cfg.LimitFsize, 0},
+		{"limit_core_size", rlimitCore, cfg.LimitCoreSize, d.LimitCoreSize, 0},
+		{"limit_virt_size", rlimitAS, cfg.LimitVirtSize, d.LimitVirtSize, AddressFloor},
+		{"limit_data_size", rlimitData, cfg.LimitDataSize, d.LimitDataSize, DataFloor},
+		{"limit_fsize", rlimitFsize, cfg.LimitFsize, d.LimitFsize, 0},
 	}
 }
 
@@ -53,28 +63,28 @@ func limits(cfg *config.Config) []limit {
 //
 // SIGXFSZ is ignored, so that a write over limit_fsize fails with EFBIG
 // (a spool error, answered 451) instead of killing the process.
-func Apply(cfg *config.Config) (notes []string) {
+func Apply(cfg *config.Config) (notes []Note) {
 	signal.Ignore(syscall.SIGXFSZ)
 	for _, l := range limits(cfg) {
 		if l.value < 0 {
 			continue // -1: the system's limit stays
 		}
 		if l.resource < 0 {
-			notes = append(notes, fmt.Sprintf("%s %d: not applied, this system has no such limit", l.name, l.value))
+			notes = append(notes, Note{fmt.Sprintf("%s %d: not applied, this system has no such limit", l.name, l.value), l.value == l.dflt})
 			continue
 		}
 		if l.value < l.floor {
-			notes = append(notes, fmt.Sprintf("%s %d: not applied to the daemon (below %d, the Go runtime would fail); applied to action_script only",
-				l.name, l.value, l.floor))
+			notes = append(notes, Note{fmt.Sprintf("%s %d: not applied to the daemon (below %d, the Go runtime would fail); applied to action_script only",
+				l.name, l.value, l.floor), l.value == l.dflt})
 			continue
 		}
 		if err := setLimit(l.resource, uint64(l.value)); err != nil {
-			notes = append(notes, fmt.Sprintf("%s %d: %v", l.name, l.value, err))
+			notes = append(notes, Note{Msg: fmt.Sprintf("%s %d: %v", l.name, l.value, err)})
 		}
 	}
 	if cfg.Priority != 0 {
 		if err := setPriority(int(cfg.Priority)); err != nil {
-			notes = append(notes, fmt.Sprintf("priority %d: %v", cfg.Priority, err))
+			notes = append(notes, Note{Msg: fmt.Sprintf("priority %d: %v", cfg.Priority, err)})
 		}
 	}
 	return notes

@@ -67,8 +67,8 @@ func applyChild() {
 	cfg := config.Default()
 	cfg.LimitCoreSize, cfg.LimitFsize, cfg.LimitDataSize, cfg.Priority = 1<<20, 3<<20, -1, 4
 	notes := Apply(cfg)
-	if len(notes) != 1 || !strings.Contains(notes[0], "limit_virt_size 67108864: not applied") {
-		fail("notes %q, want one for limit_virt_size", notes)
+	if len(notes) != 1 || !strings.Contains(notes[0].Msg, "limit_virt_size 67108864: not applied") || !notes[0].Default {
+		fail("notes %+v, want one for limit_virt_size, at its default", notes)
 	}
 	for res, want := range map[int]uint64{unix.RLIMIT_CORE: 1 << 20, unix.RLIMIT_FSIZE: 3 << 20, unix.RLIMIT_AS: before.Cur} {
 		var rl unix.Rlimit

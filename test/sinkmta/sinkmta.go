@@ -61,6 +61,7 @@ type Sink struct {
 	conns, msgs, rcpts, bytes atomic.Int64
 
 	keepN   atomic.Int64 // mirror of keep, read without the lock
+	deliver atomic.Pointer[func(Message)]
 	waiters atomic.Int64 // WaitMessages calls in progress
 
 	mu    sync.Mutex
@@ -106,6 +107,16 @@ func (s *Sink) KeepBodies(n int) {
 	defer s.mu.Unlock()
 	s.keep, s.kept, s.next = n, nil, 0
 	s.keepN.Store(int64(n))
+}
+
+// OnMessage makes the sink call f with every message it accepts, before
+// it answers 250 (nil: no call).
+func (s *Sink) OnMessage(f func(Message)) {
+	if f == nil {
+		s.deliver.Store(nil)
+		return
+	}
+	s.deliver.Store(&f)
 }
 
 // Kept returns the kept messages, oldest first.
@@ -484,7 +495,7 @@ func (ss *session) mail(arg []byte) {
 			}
 		}
 	}
-	ss.keep = ss.s.keepN.Load() > 0
+	ss.keep = ss.s.keepN.Load() > 0 || ss.s.deliver.Load() != nil
 	if ss.keep {
 		ss.from = append([]byte(nil), addr...)
 	}
@@ -587,6 +598,9 @@ func (ss *session) data() bool {
 			}
 		}
 		s.mu.Unlock()
+		if f := s.deliver.Load(); f != nil {
+			(*f)(m)
+		}
 	}
 	// Wake WaitMessages; the lock is only taken when someone waits. A waiter
 	// registers before it reads the counter, so it cannot miss this message.
