@@ -87,14 +87,15 @@ func TestResourceLimits(t *testing.T) {
 }
 
 // The manual's defaults for limit_virt_size and limit_data_size (64M)
-// would stop a Go program: they are left out, with a warning, and -1
+// would stop a Go program: they are left out, noted without a warning when
+// the administrator did not set them and with one when he did, and -1
 // leaves a limit alone.
 func TestResourceLimitsBelowFloor(t *testing.T) {
 	needRoot(t)
 	s := newSetup(t)
-	d := s.start(t, "limit_fsize -1")
-	d.WaitLog(t, regexp.MustCompile(`warning: master: limit_virt_size 67108864: not applied to the daemon`), time.Second)
-	d.WaitLog(t, regexp.MustCompile(`warning: master: limit_data_size 67108864: not applied to the daemon`), time.Second)
+	d := s.start(t, "limit_fsize -1", "limit_data_size 100M")
+	d.WaitLog(t, regexp.MustCompile(`info: master: limit_virt_size 67108864: not applied to the daemon`), time.Second)
+	d.WaitLog(t, regexp.MustCompile(`warning: master: limit_data_size 104857600: not applied to the daemon`), time.Second)
 	self := limits(t, os.Getpid())
 	for _, pid := range allPids(t, d) {
 		l := limits(t, pid)
