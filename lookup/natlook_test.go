@@ -21,7 +21,7 @@ type pfiocNatlookFreeBSD struct { // net/pfvar.h, FreeBSD
 
 type pfiocNatlookOpenBSD struct { // net/pfvar.h, OpenBSD
 	saddr, daddr, rsaddr, rdaddr pfAddr
-	rdomain, rrdomain            uint16
+	_, _                         uint16 // rdomain, rrdomain
 	sport, dport, rsport, rdport uint16
 	af, proto, direction         uint8
 }
@@ -38,7 +38,7 @@ type ipfobj struct { // netinet/ip_fil.h
 	rev, size           uint32
 	ptr                 uintptr
 	typ, offset, retval int32
-	pad                 [28]byte
+	_                   [28]byte
 }
 
 func TestPfLayouts(t *testing.T) {

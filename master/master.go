@@ -401,15 +401,6 @@ func (m *master) shutdown() error {
 	return nil
 }
 
-// summary is a one-line status.
-func (m *master) summary() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return fmt.Sprintf("uptime %v, sessions %d/%d, requests %d, rejects host %d max %d other %d",
-		time.Since(m.started).Round(time.Second), len(m.sessions), m.maxConnections,
-		m.count.requests, m.count.rejectHost, m.count.rejectMax, m.count.rejectOther)
-}
-
 // notify tells systemd (when it started us) about a state change.
 func notify(state string) {
 	daemon.SdNotify(false, state)

@@ -30,11 +30,10 @@ type liveRow struct {
 // stats`, on top of counters. Guarded by master.mu.
 type opsState struct {
 	// closes counts ended sessions by the cause of their CLOSE line.
-	closes         map[string]uint64
-	clientBytes    uint64 // received from clients, sessions that ended
-	serverBytes    uint64 // received from servers, sessions that ended
-	stateMu        sync.Mutex
-	stateWrittenAt time.Time
+	closes      map[string]uint64
+	clientBytes uint64 // received from clients, sessions that ended
+	serverBytes uint64 // received from servers, sessions that ended
+	stateMu     sync.Mutex
 }
 
 // countClose books one CLOSE line with cause by. Called with m.mu held.

@@ -22,3 +22,7 @@ func peerUID(uc *net.UnixConn) (int, error) {
 	}
 	return uid, cerr
 }
+
+// processAlive reports whether pid is still a process. The BSDs need not
+// mount /proc: a zombie counts as alive until master's Wait reaps it.
+func processAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }

@@ -70,7 +70,7 @@ func Drop(id *Identity, dir string) error {
 		return ErrNotRoot
 	}
 	// Files under /etc cannot be read after chroot: load the time zone now.
-	time.Now().Zone()
+	_ = time.Local.String()
 	if dir != "" {
 		if err := syscall.Chroot(dir); err != nil {
 			return fmt.Errorf("chroot %s: %w", dir, err)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netfilter_test is the end-to-end test of mode netfilter: a client,
 // a NAT gateway running smtp-gated behind an iptables/ip6tables REDIRECT, and
 // an MTA, each in a network namespace of its own that the test creates and

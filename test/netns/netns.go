@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netns builds network topologies for end-to-end tests: network
 // namespaces, veth links, addresses, routes and firewall rules, all made
 // and removed by the test (root only), and helpers to open sockets and run

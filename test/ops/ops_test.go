@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -158,9 +157,6 @@ func needRoot(t *testing.T) {
 		t.Skip("needs root")
 	}
 }
-
-// idRe finds the session id in a NEW line.
-var newRe = regexp.MustCompile(`NEW \(\d+/\d+\) on=\S+, src=(\S+), ident=, id=(\d+)`)
 
 func credOf(v any) *syscall.Credential {
 	c, _ := v.(*syscall.Credential)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package remote_test is the end-to-end test of modes remote-udp and
 // remote: the destination and the ident come from a helper on the router.
 //

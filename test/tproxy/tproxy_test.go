@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package tproxy_test is the end-to-end test of modes tproxy and
 // tproxy,netfilter: a client, a gateway running smtp-gated behind an
 // iptables/ip6tables TPROXY rule with policy routing (the manual's
