@@ -40,7 +40,14 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			e.local("", 500, "5.5.2", e.cfg.MsgProtoError)
 			continue
 		}
-		cmd := smtp.ParseCommand(line)
+		cmd, err := smtp.ParseCommand(line)
+		if err != nil {
+			// Never passed on: the MTA could read it as another verb,
+			// or end it elsewhere, than the proxy does.
+			e.log.Noticef("[%d] command line refused: %v", e.c.id, err)
+			e.local("", 500, "5.5.2", e.cfg.MsgProtoError)
+			continue
+		}
 		if err := e.command(cmd, line); err != nil {
 			return err
 		}
@@ -129,8 +136,23 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	case "DATA":
 		return e.data(line)
 	}
+	if !pipelined[cmd.Verb] {
+		// A verb the proxy does not follow waits for its reply before
+		// anything else is passed on: should the MTA take it for DATA
+		// (354), nothing of a message has gone after it (see answer).
+		_, err := e.exchange(cmd.Verb, cmd.Arg, line)
+		return err
+	}
 	_, err := e.send(cmd.Verb, cmd.Arg, line, nil)
 	return err
+}
+
+// pipelined are the verbs passed on without waiting for their reply
+// (RFC 2920 and the extensions the proxy knows); any other command waits.
+var pipelined = map[string]bool{
+	"HELO": true, "EHLO": true, "MAIL": true, "RCPT": true, "RSET": true,
+	"NOOP": true, "QUIT": true, "VRFY": true, "EXPN": true, "HELP": true,
+	"XCLIENT": true, "XFORWARD": true, "ETRN": true,
 }
 
 // refused applies a pair of regex_enforce_* / regex_reject_* patterns.

@@ -388,6 +388,10 @@ func (e *engine) answer(r *smtp.Reply) bool {
 		e.cw.Write(r.Raw())
 		return false
 	}
+	if r.Code == 354 && p.verb != "DATA" {
+		e.unexpectedData(p)
+		return true
+	}
 	stop := false
 	switch p.verb {
 	case "EHLO":
@@ -442,6 +446,25 @@ func (e *engine) answer(r *smtp.Reply) bool {
 	e.forward--
 	e.flushLocked()
 	return stop
+}
+
+// unexpectedData handles a 354 to a command the proxy did not see as
+// DATA: the MTA waits for a message the proxy would not scan. The MTA is
+// dropped before it can see an end of message, the command gets 421 and
+// the client is closed. Called with e.mu held.
+func (e *engine) unexpectedData(p *pending) {
+	e.log.Warningf("[%d] the MTA answered 354 to %q, not DATA: MTA connection dropped", e.c.id, p.verb)
+	e.mtaGone = true
+	e.srv.Close()
+	if !e.ended {
+		e.ended = true
+		e.c.by = "server"
+	}
+	p.local = e.reply(421, "4.5.0", e.cfg.MsgProtoError)
+	e.forward--
+	e.flushLocked()
+	e.flushClient()
+	e.cli.Close()
 }
 
 // logAddr logs a MAIL FROM or RCPT TO address per log_mail_from or

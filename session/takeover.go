@@ -47,7 +47,13 @@ func (e *engine) takeover() {
 			say(500, "5.5.2", cfg.MsgProtoError)
 			continue
 		}
-		switch smtp.ParseCommand(line).Verb {
+		cmd, err := smtp.ParseCommand(line)
+		if err != nil {
+			e.log.Noticef("[%d] command line refused: %v", e.c.id, err)
+			say(500, "5.5.2", cfg.MsgProtoError)
+			continue
+		}
+		switch cmd.Verb {
 		case "QUIT":
 			say(221, "", cfg.MsgSignOff)
 			return

@@ -1,12 +1,15 @@
 package smtp
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // Command is one command line from the client, split at its first run of
 // blanks.
 type Command struct {
 	Verb string // upper-cased first word ("MAIL", "RCPT", "EHLO", "DATA", "STARTTLS", ...); "" for an empty line
-	Arg  string // the rest, after the first run of spaces, without CR LF and trailing blanks
+	Arg  string // the rest, after the first run of blanks, without the line end and trailing blanks
 }
 
 // knownVerbs are returned without allocating: they are nearly every command
@@ -18,17 +21,54 @@ var knownVerbs = [...]string{
 }
 
 // isBlank reports the separators of a command line: space and tab (tab is
-// not RFC 5321 but some clients send it and MTAs accept it).
+// not RFC 5321 but some clients send it and MTAs accept it). MTAs split
+// the verb on any C white space (Postfix, Exim and sendmail use isspace);
+// the other white space bytes (VT, FF, CR, LF) are refused by
+// ParseCommand, so that space and tab are the only separators left and
+// the proxy reads every line it passes on the way the MTA does.
 func isBlank(c byte) bool { return c == ' ' || c == '\t' }
 
+// CommandError is a command line that ParseCommand refuses: it holds a
+// control byte, or an 8-bit byte in its verb.
+type CommandError struct {
+	Pos  int  // offset of the byte in the line
+	Byte byte // the byte
+}
+
+func (e *CommandError) Error() string {
+	if e.Byte >= 0x80 {
+		return fmt.Sprintf("8-bit byte 0x%02x in the verb at offset %d", e.Byte, e.Pos)
+	}
+	return fmt.Sprintf("control byte 0x%02x at offset %d", e.Byte, e.Pos)
+}
+
 // ParseCommand splits a command line ("mail FROM:<a@b>\r\n") into its verb
-// and argument. It never fails; verbs are case-insensitive. Leading blanks
-// are skipped, the verb ends at the first blank, the argument starts after
-// the run of blanks that follows it. The verb is upper-cased in ASCII only
-// (other bytes are kept as sent).
-func ParseCommand(line []byte) Command {
+// and argument. Verbs are case-insensitive. The line ends with CR LF, a
+// bare LF (as Postfix accepts it) or nothing. Leading blanks are skipped,
+// the verb ends at the first blank, the argument starts after the run of
+// blanks that follows it. The verb is upper-cased.
+//
+// A line is refused with a *CommandError when it holds, before its line
+// end, a byte below 0x20 other than tab (NUL, a bare CR, VT, FF, ...) or
+// DEL, or when its verb holds a byte above 0x7F: MTAs would read such a
+// line in ways that differ from one another and from the proxy (a NUL
+// ends a C string, VT and FF are separators to isspace). Bytes above 0x7F
+// in the argument are kept: they are the MTA's to judge (SMTPUTF8
+// addresses).
+func ParseCommand(line []byte) (Command, error) {
 	end := len(line)
-	for end > 0 && (isBlank(line[end-1]) || line[end-1] == '\r' || line[end-1] == '\n') {
+	if end > 0 && line[end-1] == '\n' {
+		end--
+		if end > 0 && line[end-1] == '\r' {
+			end--
+		}
+	}
+	for i := range end {
+		if c := line[i]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return Command{}, &CommandError{Pos: i, Byte: c}
+		}
+	}
+	for end > 0 && isBlank(line[end-1]) {
 		end--
 	}
 	i := 0
@@ -37,6 +77,9 @@ func ParseCommand(line []byte) Command {
 	}
 	v := i
 	for i < end && !isBlank(line[i]) {
+		if line[i] >= 0x80 {
+			return Command{}, &CommandError{Pos: i, Byte: line[i]}
+		}
 		i++
 	}
 	verb := line[v:i]
@@ -48,12 +91,12 @@ func ParseCommand(line []byte) Command {
 		c.Arg = string(line[i:end])
 	}
 	if len(verb) == 0 {
-		return c
+		return c, nil
 	}
 	for _, k := range knownVerbs {
 		if equalFoldASCII(verb, k) {
 			c.Verb = k
-			return c
+			return c, nil
 		}
 	}
 	up := make([]byte, len(verb))
@@ -61,7 +104,7 @@ func ParseCommand(line []byte) Command {
 		up[j] = upperASCII(b)
 	}
 	c.Verb = string(up)
-	return c
+	return c, nil
 }
 
 func upperASCII(b byte) byte {

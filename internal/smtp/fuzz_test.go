@@ -46,13 +46,43 @@ func FuzzReadLine(f *testing.F) {
 }
 
 func FuzzParseCommand(f *testing.F) {
-	for _, s := range []string{"MAIL FROM:<a@b>\r\n", "  rcpt\tTO:<x>  \r\n", "\r\n", "data", "x-Föo bar\r\r\n", "VRFY a\rb\r\n"} {
+	for _, s := range []string{
+		"MAIL FROM:<a@b>\r\n", "  rcpt\tTO:<x>  \r\n", "\r\n", "data", "x-Föo bar\r\r\n", "VRFY a\rb\r\n",
+		"DATA\x0b\r\n", "DATA\x00\r\n", "BDAT\x0c68 LAST\n", "MAIL FROM:<jörg@b> SMTPUTF8\r\n", "DAT\xc1\r\n",
+	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		c := ParseCommand(line)
+		c, err := ParseCommand(line)
+		body := line
+		if bytes.HasSuffix(body, []byte("\n")) {
+			body = bytes.TrimSuffix(body[:len(body)-1], []byte("\r"))
+		}
+		if err != nil {
+			if c != (Command{}) {
+				t.Fatalf("error %v with %+v", err, c)
+			}
+			// Refused only for a control byte before the line end, or
+			// an 8-bit byte in the first word.
+			bad := bytes.ContainsFunc(body, func(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f })
+			first := bytes.FieldsFunc(body, func(r rune) bool { return r == ' ' || r == '\t' })
+			if !bad && (len(first) == 0 || !bytes.ContainsFunc(first[0], func(r rune) bool { return r >= 0x80 })) {
+				t.Fatalf("%q refused (%v) but holds no control byte and no 8-bit verb", line, err)
+			}
+			return
+		}
 		if strings.ContainsAny(c.Verb, " \t") || hasLowerASCII(c.Verb) {
 			t.Fatalf("verb %q: has blanks or lower case", c.Verb)
+		}
+		for _, b := range []byte(c.Verb + c.Arg) {
+			if b < 0x20 && b != '\t' || b == 0x7f {
+				t.Fatalf("%+v: accepted with control byte 0x%02x", c, b)
+			}
+		}
+		for _, b := range []byte(c.Verb) {
+			if b >= 0x80 {
+				t.Fatalf("verb %q: accepted with an 8-bit byte", c.Verb)
+			}
 		}
 		if c.Verb == "" && c.Arg != "" {
 			t.Fatalf("no verb but argument %q", c.Arg)
@@ -60,12 +90,35 @@ func FuzzParseCommand(f *testing.F) {
 		if strings.TrimLeft(c.Arg, " \t") != c.Arg || strings.TrimRight(c.Arg, " \t\r\n") != c.Arg {
 			t.Fatalf("argument %q: blanks or line end around it", c.Arg)
 		}
+		// The verb is the one an MTA reads that ends the line at a NUL
+		// and splits it on any C white space (Postfix, Exim, sendmail).
+		if mta := mtaVerb(line); mta != c.Verb {
+			t.Fatalf("%q: verb %q, an MTA reads %q", line, c.Verb, mta)
+		}
 		if c.Verb != "" {
-			if again := ParseCommand([]byte(c.Verb + " " + c.Arg + "\r\n")); again != c {
-				t.Fatalf("reparsed: got %+v, want %+v", again, c)
+			if again, err := ParseCommand([]byte(c.Verb + " " + c.Arg + "\r\n")); err != nil || again != c {
+				t.Fatalf("reparsed: got %+v, %v, want %+v", again, err, c)
 			}
 		}
 	})
+}
+
+// mtaVerb is the verb as Postfix's smtpd reads a command line: the line
+// ends at LF (a CR before it dropped) or at a NUL, words are split on C
+// isspace, and the verb is compared without case.
+func mtaVerb(line []byte) string {
+	if i := bytes.IndexByte(line, '\n'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if i := bytes.IndexByte(line, 0); i >= 0 {
+		line = line[:i]
+	}
+	words := bytes.FieldsFunc(line, func(r rune) bool { return r < 0x80 && strings.ContainsRune(" \t\n\v\f\r", r) })
+	if len(words) == 0 {
+		return ""
+	}
+	return strings.ToUpper(string(words[0]))
 }
 
 func hasLowerASCII(s string) bool {
