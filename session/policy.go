@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 )
 
@@ -260,7 +261,7 @@ func (e *engine) rateRefused(verb string) bool {
 	if a.Over == "" {
 		return false
 	}
-	e.log.Noticef("[%d] %s refused: rate limit %s reached", e.c.id, verb, a.Over)
+	e.rep.Logf(e.log, logx.Notice, "rate limit", "[%d] %s refused: rate limit %s reached", e.c.id, verb, a.Over)
 	e.found(config.LockRatelimit, a.Over)
 	code, enhanced, text := rateReply(cfg, a.Over)
 	e.local(verb, code, enhanced, text)
