@@ -48,6 +48,7 @@ type pending struct {
 // engine is the state of one SMTP session between a client and the MTA.
 type engine struct {
 	w    *worker
+	p    peers // w, or fakes in a test
 	c    *conn
 	cfg  *config.Config
 	log  *logx.Logger
@@ -79,6 +80,7 @@ type engine struct {
 	// forwarded to the MTA; fwdCap the forwarded commands when
 	// pipeline_size does not (see roomLocked).
 	waitCap, fwdCap int
+	peak            int          // the longest the queue was
 	rep             logx.Repeats // per-command log lines of the session
 	// reason is the MAIL reply of a takeover session that is not about a
 	// message (a failed destination look-up); msg_virus_no_more if empty.
@@ -101,7 +103,7 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 	}
 	in := &pushback{r: counter{c.client, &c.cliRx}}
 	e := &engine{
-		w: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
+		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
 		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
 		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
 		cw:      bufio.NewWriterSize(c.client, 4096),
@@ -302,6 +304,7 @@ func replyText(r *smtp.Reply) string {
 func (e *engine) enqueue(p *pending) {
 	e.mu.Lock()
 	e.queue = append(e.queue, p)
+	e.peak = max(e.peak, len(e.queue))
 	if p.local == nil {
 		e.forward++
 	}
