@@ -78,7 +78,7 @@ type engine struct {
 	room    *sync.Cond    // on mu: the queue shrank or serverLoop ended
 	// waitCap bounds the replies that wait in the queue behind a command
 	// forwarded to the MTA; fwdCap the forwarded commands when
-	// pipeline_size does not (see roomLocked).
+	// pipeline_size does not (see fullLocked).
 	waitCap, fwdCap int
 	peak            int          // the longest the queue was
 	rep             logx.Repeats // per-command log lines of the session
@@ -125,8 +125,11 @@ const maxQueue = 4096
 // and refuses none (maxQueue).
 func queueCaps(pipelineSize uint64) (waitCap, fwdCap int) {
 	waitCap, fwdCap = 128, maxQueue
-	if pipelineSize > 0 {
-		waitCap = int(min(2*pipelineSize, maxQueue))
+	switch {
+	case pipelineSize >= maxQueue/2:
+		waitCap = maxQueue
+	case pipelineSize > 0:
+		waitCap = int(2 * pipelineSize)
 	}
 	return waitCap, fwdCap
 }

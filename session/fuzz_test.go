@@ -514,31 +514,39 @@ func TestMTAReplyTooLong(t *testing.T) {
 }
 
 // A client that pipelines NOOPs to an MTA that answers none after EHLO:
-// the queue stays within twice pipeline_size, and the client is not read
-// past it, for every pipeline_size.
+// the queue holds at most pipeline_size forwarded commands and twice as
+// many replies of the proxy's own (pipeline_size 0: 4096 forwarded ones),
+// and the client is not read past that.
 func TestQueueBounded(t *testing.T) {
 	for _, flags := range []uint8{0, 1 << 2, 2 << 2, 4 << 2} {
 		fc := &fuzzCase{client: []byte("EHLO c.test\r\n" + strings.Repeat("NOOP\r\n", 20000)), mta: []byte{0, 6}, flags: flags, keepOpen: true}
-		cfg := fuzzConfig(flags, false)
-		var peak, bound int
+		size := fuzzConfig(flags, false).PipelineSize
+		want := int(3 * size)
+		if size == 0 {
+			want = maxQueue
+		}
+		var peak int
 		v, _ := runCase(t, fc, func(t testing.TB, fc *fuzzCase, p *fakePeers, cli, srv *net.TCPConn) (int, int) {
+			var bound int
 			peak, bound = engineProxy(t, fc, p, cli, srv)
 			return peak, bound
 		})
 		if len(v) > 0 {
-			t.Errorf("pipeline_size %d: %q", cfg.PipelineSize, v)
+			t.Errorf("pipeline_size %d: %q", size, v)
 		}
-		wait, _ := queueCaps(cfg.PipelineSize)
-		fwd := int(cfg.PipelineSize)
-		if fwd == 0 {
-			fwd = 1 // one NOOP awaits the silent MTA
+		if peak != want {
+			t.Errorf("pipeline_size %d: the queue peaked at %d, want %d", size, peak, want)
 		}
-		if cfg.PipelineSize == 0 {
-			wait = maxQueue // the NOOPs are all forwarded
+	}
+}
+
+func TestQueueCaps(t *testing.T) {
+	for _, tt := range []struct {
+		size      uint64
+		wait, fwd int
+	}{{0, 128, 4096}, {1, 2, 4096}, {128, 256, 4096}, {2047, 4094, 4096}, {2048, 4096, 4096}, {1 << 63, 4096, 4096}} {
+		if w, f := queueCaps(tt.size); w != tt.wait || f != tt.fwd {
+			t.Errorf("queueCaps(%d) = %d, %d; want %d, %d", tt.size, w, f, tt.wait, tt.fwd)
 		}
-		if peak > wait+fwd+1 {
-			t.Errorf("pipeline_size %d: queue peaked at %d (bound %d)", cfg.PipelineSize, peak, bound)
-		}
-		t.Logf("pipeline_size %d: queue peaked at %d", cfg.PipelineSize, peak)
 	}
 }
