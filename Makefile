@@ -2,6 +2,7 @@
 #   make run     build and start the daemon in the foreground (no root needed)
 #   make test    install what the tests need (as root) and run every test
 #   make bench   measure the proxy against a direct connection
+#   make fuzz    fuzz the session engine for FUZZTIME (default 60s)
 #   make install install binaries, man pages, sample config, systemd units and
 #                rc.d scripts (DESTDIR, PREFIX, SBINDIR, MANDIR, ETCDIR, UNITDIR)
 
@@ -19,7 +20,7 @@ RUNDIR  := $(CURDIR)/run
 BIN     := bin/smtp-gated bin/smtpgatectl bin/smtp-gated-helper
 GOFILES := $(shell find . -name '*.go' -not -path './run/*')
 
-.PHONY: all build run test unit e2e lint cross bench install clean
+.PHONY: all build run test unit fuzz fuzz-short e2e lint cross bench install clean
 
 all: build
 
@@ -52,7 +53,7 @@ bin/devrun: $(GOFILES) go.mod
 run: build bin/devrun run/smtp-gated.conf
 	./bin/devrun -conf run/smtp-gated.conf -daemon bin/smtp-gated -clamd "$(CLAMD_SOCKETS)"
 
-test: lint unit e2e cross
+test: lint unit fuzz-short e2e cross
 
 # Debian packages the tests need (Postfix, iptables, mandoc, ...): only
 # root can install them; everyone else gets the tests that need them
@@ -72,6 +73,16 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 ./ipc/... ./internal/... ./master/... ./session/... ./lookup/... ./scanner/... ./lockd/... ./cmd/...
+
+# The session engine with fake peers, fuzzed (session/fuzz_test.go); an
+# input that fails is written to session/testdata/fuzz/FuzzEngine and is
+# run by every later go test of the package.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzEngine$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./session/
+
+fuzz-short:
+	$(MAKE) fuzz FUZZTIME=15s
 
 e2e: deps build
 	@if [ "$$(id -u)" = 0 ]; then export SMTPGATED_REQUIRE_PEERS=1; fi; \

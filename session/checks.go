@@ -91,7 +91,7 @@ func (e *engine) mailChecks(addr string) bool {
 		if !e.dnsblDone {
 			e.dnsblDone = true
 			c.setState(stDnsdb)
-			e.dnsblZone = e.w.dnsblListed(c)
+			e.dnsblZone = e.p.dnsblListed(c)
 			c.setState(commandState("MAIL"))
 			if e.dnsblZone != "" {
 				e.found(config.LockDNSBL, e.dnsblZone)
@@ -111,13 +111,12 @@ func (e *engine) mailChecks(addr string) bool {
 		return false
 	}
 	c.setState(stSpf)
-	m, err := e.w.askLookup(c, ipc.MsgSpfQuery, &ipc.SpfQuery{ID: c.id, IP: ip, Helo: e.helo, Sender: addr}, ipc.MsgSpfAnswer)
+	a, err := e.p.spfCheck(c, &ipc.SpfQuery{ID: c.id, IP: ip, Helo: e.helo, Sender: addr})
 	c.setState(commandState("MAIL"))
 	if err != nil {
 		e.log.Warningf("[%d] SPF: %v: not checked", c.id, err)
 		return false
 	}
-	a := m.Payload.(*ipc.SpfAnswer)
 	why := ""
 	if a.Err != "" {
 		why = " (" + a.Err + ")"

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 )
 
@@ -29,6 +30,9 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			}
 			e.pushClient()
 		}
+		if err := e.waitRoom(); err != nil {
+			return err
+		}
 		e.cli.SetReadDeadline(time.Now().Add(idle))
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
 		if err != nil {
@@ -36,7 +40,7 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			return err
 		}
 		if tooLong {
-			e.log.Noticef("[%d] command line over %d bytes refused", e.c.id, e.maxLine())
+			e.rep.Logf(e.log, logx.Notice, "line too long", "[%d] command line over %d bytes refused", e.c.id, e.maxLine())
 			e.local("", 500, "5.5.2", e.cfg.MsgProtoError)
 			continue
 		}
@@ -76,7 +80,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 			e.log.Infof("[%d] %s %s", e.c.id, cmd.Verb, cmd.Arg)
 		}
 		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
-			e.log.Noticef("[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
+			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
 			e.found(config.LockRegex, cmd.Arg)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexHelo)
 			return nil
@@ -89,7 +93,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 			return nil
 		}
 		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
-			e.log.Noticef("[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
+			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
 			e.found(config.LockRegex, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexMailFrom)
 			return nil
@@ -104,7 +108,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	case "RCPT":
 		addr, _, _ := smtp.Path(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
-			e.log.Noticef("[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
+			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
 			e.found(config.LockRegex, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexRcptTo)
 			return nil
@@ -176,6 +180,41 @@ func (e *engine) authRequired() bool {
 	return false
 }
 
+// waitRoom stops reading the client while the queue is full: the
+// forwarded commands at their limit and waitCap replies waiting behind
+// the oldest of them. The client's socket fills and TCP slows the client
+// down; nothing is refused for it. What was batched goes out first, or
+// the room would never come. It returns an error when the MTA side
+// ended meanwhile.
+func (e *engine) waitRoom() error {
+	e.mu.Lock()
+	full := e.fullLocked()
+	e.mu.Unlock()
+	if !full {
+		return nil
+	}
+	if err := e.pushServer(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.flushClient()
+	for e.fullLocked() && !e.srvEnd {
+		e.room.Wait()
+	}
+	if e.srvEnd {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// fullLocked reports whether the queue has no room for the client's next
+// command. Called with e.mu held.
+func (e *engine) fullLocked() bool {
+	waiting := len(e.queue) - e.forward // answered, waiting for their turn
+	return waiting >= e.waitCap || e.forward >= e.fwdCap && e.cfg.PipelineSize == 0
+}
+
 // send forwards a command line to the MTA and queues it. When the number
 // of commands awaiting the MTA reaches pipeline_size, the command is
 // answered by the proxy instead, in its turn, and not forwarded: the
@@ -186,7 +225,7 @@ func (e *engine) send(verb, arg string, line []byte, done chan struct{}) (*pendi
 	full := e.cfg.PipelineSize > 0 && uint64(e.forward) >= e.cfg.PipelineSize
 	e.mu.Unlock()
 	if full {
-		e.log.Noticef("[%d] pipeline full (%d commands outstanding): %s refused", e.c.id, e.cfg.PipelineSize, verb)
+		e.rep.Logf(e.log, logx.Notice, "pipeline full", "[%d] pipeline full (%d commands outstanding): %s refused", e.c.id, e.cfg.PipelineSize, verb)
 		p.local = e.reply(451, "4.5.3", e.cfg.MsgPipelineFull)
 		e.enqueue(p)
 		return p, nil

@@ -222,8 +222,8 @@ func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 		return &ipc.Verdict{Kind: ipc.VerdictClean}
 	}
 	fail := func(err error) *ipc.Verdict { return &ipc.Verdict{Kind: ipc.VerdictError, Err: err.Error()} }
-	peer := e.w.scanner.Load()
-	if peer == nil {
+	link := e.p.scanLink()
+	if link == nil {
 		return fail(errors.New("the scanner process is not available"))
 	}
 	f, err := sp.reopen()
@@ -235,20 +235,20 @@ func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 	ctx, cancel := context.WithTimeout(e.c.ctx, wait)
 	defer cancel()
 	req := &ipc.Scan{SessionID: e.c.id, Transaction: int(e.c.trns.Load()), Size: size, Client: e.c.src, Skip: skip}
-	var m *ipc.Msg
+	var v *ipc.Verdict
 	var cerr error
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return fail(err)
 	}
-	typ := st.finish(peer) // MsgScanFinish when the scanner has a stream
-	if err := rc.Control(func(fd uintptr) { m, cerr = peer.Call(ctx, typ, req, ipc.MsgVerdict, int(fd)) }); err != nil {
+	typ := st.finish(link) // MsgScanFinish when the scanner has a stream
+	if err := rc.Control(func(fd uintptr) { v, cerr = link.scan(ctx, typ, req, int(fd)) }); err != nil {
 		return fail(err)
 	}
 	if cerr != nil {
 		return fail(fmt.Errorf("scanner process: %w", cerr))
 	}
-	return m.Payload.(*ipc.Verdict)
+	return v
 }
 
 // reopen opens the spool file again, read-only, for the scanner: a

@@ -48,6 +48,7 @@ type pending struct {
 // engine is the state of one SMTP session between a client and the MTA.
 type engine struct {
 	w    *worker
+	p    peers // w, or fakes in a test
 	c    *conn
 	cfg  *config.Config
 	log  *logx.Logger
@@ -73,6 +74,14 @@ type engine struct {
 	from    string
 	inTrans bool
 	srvDone chan struct{} // closed when serverLoop has returned
+	srvEnd  bool          // serverLoop has returned (under mu)
+	room    *sync.Cond    // on mu: the queue shrank or serverLoop ended
+	// waitCap bounds the replies that wait in the queue behind a command
+	// forwarded to the MTA; fwdCap the forwarded commands when
+	// pipeline_size does not (see fullLocked).
+	waitCap, fwdCap int
+	peak            int          // the longest the queue was
+	rep             logx.Repeats // per-command log lines of the session
 	// reason is the MAIL reply of a takeover session that is not about a
 	// message (a failed destination look-up); msg_virus_no_more if empty.
 	reason string
@@ -93,14 +102,36 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 		bufSize = 512
 	}
 	in := &pushback{r: counter{c.client, &c.cliRx}}
-	return &engine{
-		w: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
+	e := &engine{
+		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
 		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
 		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
 		cw:      bufio.NewWriterSize(c.client, 4096),
 		sw:      bufio.NewWriterSize(server, 4096),
 		srvDone: make(chan struct{}),
 	}
+	e.room = sync.NewCond(&e.mu)
+	e.waitCap, e.fwdCap = queueCaps(cfg.PipelineSize)
+	return e
+}
+
+// maxQueue bounds every part of a session's queue of commands.
+const maxQueue = 4096
+
+// queueCaps returns, for pipeline_size, how many replies may wait behind
+// a command forwarded to the MTA (twice pipeline_size, 128 when it is 0,
+// never more than maxQueue), and how many forwarded commands may await
+// the MTA before the client is no longer read when pipeline_size is 0
+// and refuses none (maxQueue).
+func queueCaps(pipelineSize uint64) (waitCap, fwdCap int) {
+	waitCap, fwdCap = 128, maxQueue
+	switch {
+	case pipelineSize >= maxQueue/2:
+		waitCap = maxQueue
+	case pipelineSize > 0:
+		waitCap = int(2 * pipelineSize)
+	}
+	return waitCap, fwdCap
 }
 
 // maxLine is the longest command line accepted from the client.
@@ -148,6 +179,7 @@ func (e *engine) run() {
 	e.closeMTA()
 	e.cli.Close()
 	<-e.srvDone
+	e.rep.Summary(e.log, fmt.Sprintf("[%d] ", e.c.id))
 }
 
 // closeMTA drops the MTA connection on purpose (the MTA discards a
@@ -275,6 +307,7 @@ func replyText(r *smtp.Reply) string {
 func (e *engine) enqueue(p *pending) {
 	e.mu.Lock()
 	e.queue = append(e.queue, p)
+	e.peak = max(e.peak, len(e.queue))
 	if p.local == nil {
 		e.forward++
 	}
@@ -286,6 +319,12 @@ func (e *engine) enqueue(p *pending) {
 // into the client's buffer, in order. Whoever then has no more input
 // ready flushes the buffer (see idle). Called with e.mu held.
 func (e *engine) flushLocked() {
+	n := len(e.queue)
+	defer func() {
+		if len(e.queue) < n {
+			e.room.Broadcast()
+		}
+	}()
 	for len(e.queue) > 0 {
 		p := e.queue[0]
 		switch {
@@ -337,6 +376,12 @@ func (e *engine) local(verb string, code int, enhanced, text string) {
 // answers.
 func (e *engine) serverLoop(idle time.Duration) {
 	defer close(e.srvDone)
+	defer func() {
+		e.mu.Lock()
+		e.srvEnd = true
+		e.room.Broadcast()
+		e.mu.Unlock()
+	}()
 	for {
 		if !more(e.sr) {
 			e.pushClient()
@@ -350,12 +395,18 @@ func (e *engine) serverLoop(idle time.Duration) {
 			return
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrBadReply) {
 				e.log.Warningf("[%d] reading the MTA: %v", e.c.id, err)
 			}
 			e.setBy("server")
 			e.mu.Lock()
 			e.flushLocked()
+			if errors.Is(err, smtp.ErrBadReply) {
+				// What the MTA says cannot be followed (too long, not
+				// SMTP): the client is told the link is gone.
+				e.log.Warningf("[%d] MTA link ended: %v", e.c.id, err)
+				e.cw.Write(e.reply(421, "4.4.2", e.cfg.MsgTransactionFailed))
+			}
 			e.flushClient()
 			e.mu.Unlock()
 			e.cli.Close()
@@ -384,7 +435,7 @@ func (e *engine) answer(r *smtp.Reply) bool {
 	if p == nil {
 		// A reply to nothing: the MTA speaking on its own, typically a
 		// 421 before it closes. The client gets it.
-		e.log.Debugf("[%d] unsolicited reply from the MTA: %q", e.c.id, r.Text())
+		e.rep.Logf(e.log, logx.Debug, "unsolicited reply", "[%d] unsolicited reply from the MTA: %q", e.c.id, r.Text())
 		e.cw.Write(r.Raw())
 		return false
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 )
 
@@ -229,7 +230,7 @@ func (e *engine) report(f *ipc.Found) {
 	e.mu.Lock()
 	f.Helo, f.MailFrom, f.Rcpts = e.helo, e.from, e.c.rcpts
 	e.mu.Unlock()
-	e.w.report(e.c, f)
+	e.p.report(e.c, f)
 }
 
 // rateRefused applies the rate limits to a MAIL, RCPT or AUTH command
@@ -251,7 +252,7 @@ func (e *engine) rateRefused(verb string) bool {
 	case "AUTH":
 		q.Check = []string{ipc.RateAuthRejects}
 	}
-	a, err := e.w.askLockd(e.c.ctx, q)
+	a, err := e.p.askLockd(e.c.ctx, q)
 	if err != nil {
 		e.log.Errf("[%d] %s: rate limits unknown: %v: refused for now", e.c.id, verb, err)
 		e.local(verb, 451, "4.3.0", cfg.MsgRatelimitError)
@@ -260,7 +261,7 @@ func (e *engine) rateRefused(verb string) bool {
 	if a.Over == "" {
 		return false
 	}
-	e.log.Noticef("[%d] %s refused: rate limit %s reached", e.c.id, verb, a.Over)
+	e.rep.Logf(e.log, logx.Notice, "rate limit", "[%d] %s refused: rate limit %s reached", e.c.id, verb, a.Over)
 	e.found(config.LockRatelimit, a.Over)
 	code, enhanced, text := rateReply(cfg, a.Over)
 	e.local(verb, code, enhanced, text)
@@ -322,7 +323,7 @@ func (e *engine) beforeDot() error {
 	if rating(cfg) {
 		q.Add = append(e.c.pol.takePending(), ipc.Delta{Name: ipc.RateBytes, N: e.c.pol.size})
 	}
-	a, err := e.w.askLockd(e.c.ctx, q)
+	a, err := e.p.askLockd(e.c.ctx, q)
 	switch {
 	case err != nil:
 		e.log.Errf("[%d] before the final dot: %v: message refused for now", e.c.id, err)

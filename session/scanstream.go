@@ -20,7 +20,7 @@ import (
 // scanStream is the session's side of one streamed message. A nil
 // *scanStream is a message that is not streamed; its methods do nothing.
 type scanStream struct {
-	peer *ipc.Peer // the scanner link the stream was started on
+	link scanLink // the scanner link the stream was started on
 	id   uint64
 	trns int
 	over bool // finished or aborted
@@ -34,8 +34,8 @@ func (e *engine) startScan(sp *spoolFile) *scanStream {
 	if !e.streamed() || sp == nil || sp.f == nil || sp.err != nil {
 		return nil
 	}
-	peer := e.w.scanner.Load()
-	if peer == nil {
+	link := e.p.scanLink()
+	if link == nil {
 		return nil // scan says why at the dot
 	}
 	f, err := sp.reopen()
@@ -44,12 +44,12 @@ func (e *engine) startScan(sp *spoolFile) *scanStream {
 		return nil
 	}
 	defer f.Close()
-	st := &scanStream{peer: peer, id: e.c.id, trns: int(e.c.trns.Load())}
+	st := &scanStream{link: link, id: e.c.id, trns: int(e.c.trns.Load())}
 	q := &ipc.ScanStart{SessionID: st.id, Transaction: st.trns, Client: e.c.src}
 	var serr error
 	rc, err := f.SyscallConn()
 	if err == nil {
-		err = rc.Control(func(fd uintptr) { serr = peer.Send(ipc.MsgScanStart, q, int(fd)) })
+		err = rc.Control(func(fd uintptr) { serr = link.scanStart(q, int(fd)) })
 	}
 	if err == nil {
 		err = serr
@@ -80,27 +80,26 @@ func (e *engine) streamed() bool {
 }
 
 // finish hands the stream to the scan at the dot: it returns the message
-// type to send to peer, MsgScanFinish when the stream was started on that
+// type to send on link, MsgScanFinish when the stream was started on that
 // link, MsgScan otherwise (no stream, or the scanner process was restarted
 // meanwhile and its streams are gone with its link).
-func (st *scanStream) finish(peer *ipc.Peer) ipc.Type {
+func (st *scanStream) finish(link scanLink) ipc.Type {
 	if st == nil || st.over {
 		return ipc.MsgScan
 	}
 	st.over = true
-	if st.peer != peer {
+	if st.link != link {
 		return ipc.MsgScan
 	}
 	return ipc.MsgScanFinish
 }
 
 // abandon tells the scanner to drop a stream the scan did not take (the
-// message ended before its dot, or was not scanned). A link that is gone
-// has dropped it already: the error is of no interest.
+// message ended before its dot, or was not scanned).
 func (st *scanStream) abandon() {
 	if st == nil || st.over {
 		return
 	}
 	st.over = true
-	st.peer.Send(ipc.MsgScanAbort, &ipc.ScanAbort{SessionID: st.id, Transaction: st.trns})
+	st.link.scanAbort(&ipc.ScanAbort{SessionID: st.id, Transaction: st.trns})
 }

@@ -72,8 +72,9 @@ func scannerLink(t *testing.T) (*ipc.Peer, chan *ipc.Msg) {
 // on the link it started on, MsgScan on another), or abandoned with one
 // MsgScanAbort.
 func TestScanStreamEnds(t *testing.T) {
-	peer, got := scannerLink(t)
-	other, _ := scannerLink(t)
+	p, got := scannerLink(t)
+	o, _ := scannerLink(t)
+	peer, other := ipcScanner{p}, ipcScanner{o}
 
 	var none *scanStream
 	if typ := none.finish(peer); typ != ipc.MsgScan {
@@ -81,7 +82,7 @@ func TestScanStreamEnds(t *testing.T) {
 	}
 	none.abandon() // nothing to do, no panic
 
-	st := &scanStream{peer: peer, id: 12, trns: 3}
+	st := &scanStream{link: peer, id: 12, trns: 3}
 	if typ := st.finish(peer); typ != ipc.MsgScanFinish {
 		t.Errorf("stream on the same link: %v, want MsgScanFinish", typ)
 	}
@@ -90,12 +91,12 @@ func TestScanStreamEnds(t *testing.T) {
 		t.Errorf("finished twice: %v, want MsgScan", typ)
 	}
 
-	st = &scanStream{peer: peer, id: 12, trns: 4}
+	st = &scanStream{link: peer, id: 12, trns: 4}
 	if typ := st.finish(other); typ != ipc.MsgScan {
 		t.Errorf("scanner restarted: %v, want MsgScan", typ)
 	}
 
-	st = &scanStream{peer: peer, id: 13, trns: 1}
+	st = &scanStream{link: peer, id: 13, trns: 1}
 	st.abandon()
 	st.abandon()
 	select {

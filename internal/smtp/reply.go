@@ -20,6 +20,10 @@ var ErrBadReply = errors.New("malformed reply")
 // about twenty lines.
 const MaxReplyLines = 512
 
+// MaxReplyBytes bounds the bytes of one reply, all its lines together,
+// for the same reason.
+const MaxReplyBytes = 64 << 10
+
 // Reply is one SMTP reply, possibly multi-line, as read from the MTA.
 type Reply struct {
 	Code  int      // 200..599
@@ -86,7 +90,7 @@ func (r *Reply) Positive() bool { return r.Code/100 == 2 || r.Code/100 == 3 }
 // error wrapping ErrBadReply. Bare LF line endings are accepted as read.
 //
 // The code's first digit must be 2 to 5 (RFC 5321 has no other replies).
-// More than MaxReplyLines lines is an error wrapping ErrBadReply. err is
+// More than MaxReplyLines lines or MaxReplyBytes bytes is an error wrapping ErrBadReply. err is
 // io.EOF, unwrapped, only when the connection ended before the first byte;
 // an end within the reply wraps io.ErrUnexpectedEOF. Read errors are
 // wrapped with %w. On error the Reply is nil and the stream is not in a
@@ -127,6 +131,9 @@ func ReadReply(br *bufio.Reader, max int) (*Reply, error) {
 		end = append(end, len(buf))
 		if last {
 			break
+		}
+		if len(buf) > MaxReplyBytes {
+			return nil, fmt.Errorf("smtp: reply longer than %d bytes: %w", MaxReplyBytes, ErrBadReply)
 		}
 		if len(end) >= MaxReplyLines {
 			return nil, fmt.Errorf("smtp: reply longer than %d lines: %w", MaxReplyLines, ErrBadReply)

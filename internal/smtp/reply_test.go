@@ -45,6 +45,7 @@ func TestReadReply(t *testing.T) {
 		{"eof in a line", "250-a\r\n250 b", 512, 0, nil, io.ErrUnexpectedEOF, ""},
 		{"eof in first line", "250 OK", 512, 0, nil, io.ErrUnexpectedEOF, ""},
 		{"too many lines", strings.Repeat("250-x\r\n", MaxReplyLines+1) + "250 y\r\n", 512, 0, nil, ErrBadReply, ""},
+		{"too many bytes", strings.Repeat("250-"+strings.Repeat("x", 250)+"\r\n", 300) + "250 y\r\n", 512, 0, nil, ErrBadReply, ""},
 		{"max lines", strings.Repeat("250-x\r\n", MaxReplyLines-1) + "250 y\r\n", 512, 250,
 			append(strings.Split(strings.Repeat("250-x\r\n|", MaxReplyLines-1), "|")[:MaxReplyLines-1], "250 y\r\n"), nil, ""},
 	}
