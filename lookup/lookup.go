@@ -28,6 +28,8 @@ type server struct {
 	// sysNS are the name servers of /etc/resolv.conf, read before the
 	// chroot.
 	sysNS []string
+	// own are the addresses of the host's interfaces, for remoteLoop.
+	own ownAddrs
 }
 
 // Run serves until master closes the link.
@@ -126,6 +128,9 @@ func (s *server) answer(q *ipc.DstQuery, f *os.File) *ipc.DstAnswer {
 		// The client connected to the proxy itself, not through the
 		// redirect: relaying would connect the proxy to itself.
 		return &ipc.DstAnswer{Dst: dst, Ident: ident, Fail: ipc.LookupLoop, Err: "destination is the proxy itself"}
+	}
+	if why := remoteLoop(cfg, dst, local, s.own.get); why != "" {
+		return &ipc.DstAnswer{Dst: dst, Ident: ident, Fail: ipc.LookupLoop, Err: why}
 	}
 	return &ipc.DstAnswer{Dst: dst, Ident: ident}
 }

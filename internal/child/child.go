@@ -36,6 +36,9 @@ type Env struct {
 // Begin reads the Hello from master and opens the log. Signals meant for
 // the daemon go to master only: a child stops when master closes its link.
 func Begin(role string) (*Env, error) {
+	// No new privileges and an empty capability bounding set, before
+	// anything else (with cgo, done already by a constructor).
+	restrictErr := priv.Restrict()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 	f := os.NewFile(LinkFD, "master")
 	conn, err := ipc.NewConn(f)
@@ -69,6 +72,13 @@ func Begin(role string) (*Env, error) {
 	log = log.With(name + ": ")
 	if lerr != nil && !h.Foreground {
 		log.Warningf("%v; logging to standard error", lerr)
+	}
+	if restrictErr != nil {
+		if os.Geteuid() == 0 {
+			log.Warningf("restricting privileges: %v", restrictErr)
+		} else {
+			log.Debugf("restricting privileges: %v", restrictErr)
+		}
 	}
 	// Inherited from master already; applied again from the
 	// configuration the child was given. Master logged what does not apply.
