@@ -52,6 +52,9 @@ func Run(env *child.Env) error {
 	if err := env.Drop(dir); err != nil {
 		return err
 	}
+	if err := env.Confine(nil); err != nil {
+		return err
+	}
 	if err := env.Ready(); err != nil {
 		return err
 	}
@@ -140,6 +143,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	switch v := m.Payload.(type) {
 	case *ipc.Config:
 		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			s.env.Refit(cfg, nil)
 			s.cfg.Store(cfg)
 		}
 	case *ipc.PeerLink:

@@ -8,7 +8,9 @@ import (
 )
 
 func TestRemoteLoop(t *testing.T) {
-	own := func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")} }
+	own := func() []netip.Addr {
+		return []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")}
+	}
 	local := netip.MustParseAddrPort("192.0.2.9:9199")
 	for _, tc := range []struct {
 		mode config.Mode

@@ -44,7 +44,7 @@ func Run(env *child.Env) error {
 	if id, err := priv.Resolve(env.Cfg.SetUser, env.Cfg.SetGroup); err == nil {
 		uid, gid = id.UID, id.GID
 	}
-	w.spool = prepareSpool(env.Cfg.SpoolPath, env.Cfg.SpoolPerm, uid, gid)
+	w.spool = prepareSpool(spoolDir(env.Cfg), env.Cfg.SpoolPerm, uid, gid)
 	if w.spool.err != nil {
 		w.log.Errf("%v: messages cannot be scanned and will be refused", w.spool.err)
 	} else {
@@ -56,6 +56,13 @@ func Run(env *child.Env) error {
 	}
 	if root {
 		w.spool.chrooted()
+	}
+	paths := map[string]string{}
+	if w.spool.err == nil {
+		paths["spool_path"] = w.spool.dir
+	}
+	if err := env.Confine(paths); err != nil {
+		return err
 	}
 	w.master = ipc.NewPeer(env.Master, "master", w.fromMaster)
 	if err := env.Ready(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"smtp-gated/internal/config"
 )
 
 // spool is where the worker makes its spool files. spool_path is the
@@ -17,6 +19,15 @@ type spool struct {
 	host string // spool_path as the host names it, for logs and lockd
 	perm os.FileMode
 	err  error // why there is no spool
+}
+
+// spoolDir is spool_path on the host: under chroot_path, when that is set,
+// as 1.4 had it.
+func spoolDir(cfg *config.Config) string {
+	if cfg.SpoolPath == "" || cfg.ChrootPath == "" {
+		return cfg.SpoolPath
+	}
+	return filepath.Join(cfg.ChrootPath, cfg.SpoolPath)
 }
 
 // prepareSpool creates (as root, for uid/gid) the spool directory when it

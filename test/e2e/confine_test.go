@@ -23,7 +23,7 @@ func TestConfinement(t *testing.T) {
 	jail := filepath.Join(s.dir, "jail")
 	os.Mkdir(jail, 0o755)
 	d := s.start(t, "set_user "+harness.TestUser, "set_group "+harness.TestUser, "chroot_path "+jail)
-	spool := filepath.Join(s.dir, "spool")
+	spool := filepath.Join(jail, s.dir, "spool") // spool_path is inside chroot_path
 
 	c := greeted(t, s.addr())
 	c.Cmd("MAIL FROM:<a@example.com>", 250)

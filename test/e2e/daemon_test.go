@@ -64,7 +64,7 @@ func TestPrivileges(t *testing.T) {
 			if role == "lookup" && root != jail {
 				t.Errorf("%s pid %d has root %q, want the chroot %q", role, pid, root, jail)
 			}
-			if spool := filepath.Join(s.dir, "spool"); role == "session" && root != spool {
+			if spool := filepath.Join(jail, s.dir, "spool"); role == "session" && root != spool {
 				t.Errorf("%s pid %d has root %q, want spool_path %q", role, pid, root, spool)
 			}
 		}
