@@ -47,6 +47,9 @@ func Run(env *child.Env) error {
 		return err
 	}
 	s.uid = os.Geteuid()
+	if err := env.Confine(confinePaths(env.Cfg)); err != nil {
+		return err
+	}
 	if err := env.Ready(); err != nil {
 		return err
 	}
@@ -55,6 +58,17 @@ func Run(env *child.Env) error {
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
 	env.LinkEnded(master.Run())
 	return nil
+}
+
+// confinePaths is where the paths of lockd's confinement are
+// (internal/confine).
+func confinePaths(cfg *config.Config) map[string]string {
+	paths := map[string]string{"lock_path": cfg.LockPath, "ratelimit_path": cfg.RatelimitPath, "/dev/null": "/dev/null"}
+	if cfg.ActionScript != "" {
+		paths["action_script"] = cfg.ActionScript
+		paths["/"] = "/" // the script's interpreter, wherever it is
+	}
+	return paths
 }
 
 // locking reports whether lock files are looked at: lock_duration 0

@@ -28,6 +28,8 @@ type server struct {
 	// sysNS are the name servers of /etc/resolv.conf, read before the
 	// chroot.
 	sysNS []string
+	// own are the addresses of the host's interfaces, for remoteLoop.
+	own ownAddrs
 }
 
 // Run serves until master closes the link.
@@ -48,6 +50,9 @@ func Run(env *child.Env) error {
 		dir = env.Hello.EmptyDir
 	}
 	if err := env.Drop(dir); err != nil {
+		return err
+	}
+	if err := env.Confine(nil); err != nil {
 		return err
 	}
 	if err := env.Ready(); err != nil {
@@ -127,6 +132,9 @@ func (s *server) answer(q *ipc.DstQuery, f *os.File) *ipc.DstAnswer {
 		// redirect: relaying would connect the proxy to itself.
 		return &ipc.DstAnswer{Dst: dst, Ident: ident, Fail: ipc.LookupLoop, Err: "destination is the proxy itself"}
 	}
+	if why := remoteLoop(cfg, dst, local, s.own.get); why != "" {
+		return &ipc.DstAnswer{Dst: dst, Ident: ident, Fail: ipc.LookupLoop, Err: why}
+	}
 	return &ipc.DstAnswer{Dst: dst, Ident: ident}
 }
 
@@ -135,6 +143,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	switch v := m.Payload.(type) {
 	case *ipc.Config:
 		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			s.env.Refit(cfg, nil)
 			s.cfg.Store(cfg)
 		}
 	case *ipc.PeerLink:

@@ -102,7 +102,9 @@ func remoteUDP(client, local netip.AddrPort, port uint16, secret uint32, retries
 			return netip.AddrPort{}, "", failKind(ipc.LookupMismatch, "remote-udp: helper %v sent flags %#x, neither FOUND nor NOTFOUND", helper, r.Flags)
 		}
 		dst := netip.AddrPortFrom(netip.AddrFrom4(r.Dst), r.DstPort)
-		if !dst.Addr().IsGlobalUnicast() && !dst.Addr().IsLoopback() || dst.Port() == 0 {
+		// Loopback and unspecified pass here, to be refused as loops
+		// (remoteLoop).
+		if !dst.Addr().IsGlobalUnicast() && !dst.Addr().IsLoopback() && !dst.Addr().IsUnspecified() || dst.Port() == 0 {
 			return netip.AddrPort{}, "", failKind(ipc.LookupMalformed, "remote-udp: helper %v answered destination %v", helper, dst)
 		}
 		return dst, cleanIdent(r.IdentString()), nil

@@ -114,8 +114,11 @@ func TestRemoteUDP(t *testing.T) {
 			q.Version = 0x0401
 			return found(q, mta, "x")
 		}, ipc.LookupMismatch, "", 1},
-		{"destination 0.0.0.0", func(n int, q *rphd.Datagram) []byte {
-			return found(q, netip.MustParseAddrPort("0.0.0.0:25"), "x")
+		{"destination 224.0.0.1", func(n int, q *rphd.Datagram) []byte {
+			return found(q, netip.MustParseAddrPort("224.0.0.1:25"), "x")
+		}, ipc.LookupMalformed, "", 1},
+		{"destination port 0", func(n int, q *rphd.Datagram) []byte {
+			return found(q, netip.MustParseAddrPort("198.51.100.2:0"), "x")
 		}, ipc.LookupMalformed, "", 1},
 		{"silence", func(n int, q *rphd.Datagram) []byte { return nil }, ipc.LookupTimeout, "", 3},
 	} {

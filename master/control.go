@@ -32,17 +32,15 @@ func (m *master) openControl(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("control socket: %w", err)
 	}
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	// Anyone may ask for status; privileged commands check the caller's
+	// credentials. The socket is made with mode 0666 by bind itself (the
+	// umask is set around it), not changed by path afterwards: a chmod by
+	// path would follow a link put in its place.
+	l, err := listenUnixMode(path, 0o111)
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	l.SetUnlinkOnClose(true)
-	// Anyone may ask for status; privileged commands check the caller's
-	// credentials.
-	if err := os.Chmod(path, 0o666); err != nil {
-		l.Close()
-		return fmt.Errorf("control socket: %w", err)
-	}
 	m.ctl, m.ctlPath = l, path
 	return nil
 }

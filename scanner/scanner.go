@@ -12,6 +12,7 @@ package scanner
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,9 @@ func Run(env *child.Env) error {
 	if err := env.Drop(""); err != nil {
 		return err
 	}
+	if err := env.Confine(confinePaths(env.Cfg)); err != nil {
+		return err
+	}
 	if err := env.Ready(); err != nil {
 		return err
 	}
@@ -55,6 +59,19 @@ func Run(env *child.Env) error {
 	s.removeTemp()
 	env.LinkEnded(err)
 	return nil
+}
+
+// confinePaths is where the paths of the scanner's confinement are
+// (internal/confine): the scanners' unix sockets, the directory of mksd's
+// copies, and what the resolver reads for scanners named by host name.
+func confinePaths(cfg *config.Config) map[string]string {
+	paths := map[string]string{"TMPDIR": os.TempDir(), "/etc/hosts": "/etc/hosts", "/etc/resolv.conf": "/etc/resolv.conf"}
+	for name, p := range map[string]string{"antivirus_path": cfg.AntivirusPath, "antispam_path": cfg.AntispamPath} {
+		if strings.HasPrefix(p, "/") {
+			paths[name] = p
+		}
+	}
+	return paths
 }
 
 // engine returns a scan engine for the current configuration.

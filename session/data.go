@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -136,7 +135,7 @@ func (e *engine) message() error {
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
 		return fwdErr
 	case sp.err != nil:
-		e.log.Errf("[%d] spool %s: %v", e.c.id, sp.name, sp.err)
+		e.log.Errf("[%d] spool %s: %v", e.c.id, sp.hostPath(), sp.err)
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
 		e.setBy("spool")
 		e.local(".", 451, "4.3.0", cfg.MsgSpoolProblem)
@@ -249,13 +248,4 @@ func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 		return fail(fmt.Errorf("scanner process: %w", cerr))
 	}
 	return v
-}
-
-// reopen opens the spool file again, read-only, for the scanner: a
-// descriptor of its own, with its own offset.
-func (sp *spoolFile) reopen() (*os.File, error) {
-	if sp == nil || sp.root == nil {
-		return nil, errors.New("no spool file")
-	}
-	return sp.root.Open(sp.name)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -220,9 +219,7 @@ func (e *engine) foundMessage(event config.LockOn, v *ipc.Verdict, sp *spoolFile
 		}
 	}
 	f.SpamScore, f.Size = v.Score, size
-	if sp != nil && sp.name != "" {
-		f.Spool = filepath.Join(e.cfg.SpoolPath, sp.name)
-	}
+	f.Spool = sp.hostPath()
 	e.report(f)
 }
 

@@ -184,7 +184,7 @@ func (w *worker) destination(c *conn) (msg, by string) {
 		c.setDestination(a.Dst, a.Ident)
 		return "", ""
 	case ipc.LookupLoop:
-		w.log.Warningf("[%d] avoiding loop: %v is the proxy itself", c.id, a.Dst)
+		w.log.Warningf("[%d] avoiding loop: %v: %s", c.id, a.Dst, a.Err)
 		return cfg.MsgLoopAvoidance, "loop"
 	case ipc.LookupNotFound:
 		w.log.Warningf("[%d] look-up: %s", c.id, a.Err)

@@ -4,6 +4,7 @@
 package session
 
 import (
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -29,7 +30,9 @@ type worker struct {
 }
 
 // Run serves until master closes the link. A session worker is always
-// chrooted: into chroot_path, or into an empty directory.
+// chrooted: into spool_path, where it makes its spool files by name; when
+// there is no usable spool directory, into chroot_path or an empty
+// directory (and messages are refused).
 func Run(env *child.Env) error {
 	w := &worker{env: env, log: env.Log}
 	w.cfg.Store(env.Cfg)
@@ -41,11 +44,24 @@ func Run(env *child.Env) error {
 	if id, err := priv.Resolve(env.Cfg.SetUser, env.Cfg.SetGroup); err == nil {
 		uid, gid = id.UID, id.GID
 	}
-	w.spool = openSpool(env.Cfg.SpoolPath, env.Cfg.SpoolPerm, uid, gid)
+	w.spool = prepareSpool(spoolDir(env.Cfg), env.Cfg.SpoolPerm, uid, gid)
 	if w.spool.err != nil {
 		w.log.Errf("%v: messages cannot be scanned and will be refused", w.spool.err)
+	} else {
+		dir = w.spool.host
 	}
+	root := os.Geteuid() == 0
 	if err := env.Drop(dir); err != nil {
+		return err
+	}
+	if root {
+		w.spool.chrooted()
+	}
+	paths := map[string]string{}
+	if w.spool.err == nil {
+		paths["spool_path"] = w.spool.dir
+	}
+	if err := env.Confine(paths); err != nil {
 		return err
 	}
 	w.master = ipc.NewPeer(env.Master, "master", w.fromMaster)

@@ -5,19 +5,34 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
+
+	"smtp-gated/internal/config"
 )
 
-// spool is the worker's handle on spool_path, opened before the worker
-// changed its root: files are made relative to it (openat), so the
-// directory needs no place inside the chroot.
+// spool is where the worker makes its spool files. spool_path is the
+// session worker's root directory, so files are made by name in its root
+// and no descriptor of a directory outside the root is held. A worker
+// that is not root (and so not chrooted) makes them under spool_path.
 type spool struct {
-	root *os.Root
+	dir  string // where files are opened: "/" when chrooted into spool_path
+	host string // spool_path as the host names it, for logs and lockd
 	perm os.FileMode
-	err  error // why there is no root
+	err  error // why there is no spool
 }
 
-// openSpool opens (and, as root, creates for uid/gid) the spool directory.
-func openSpool(path string, perm uint32, uid, gid int) *spool {
+// spoolDir is spool_path on the host: under chroot_path, when that is set,
+// as 1.4 had it.
+func spoolDir(cfg *config.Config) string {
+	if cfg.SpoolPath == "" || cfg.ChrootPath == "" {
+		return cfg.SpoolPath
+	}
+	return filepath.Join(cfg.ChrootPath, cfg.SpoolPath)
+}
+
+// prepareSpool creates (as root, for uid/gid) the spool directory when it
+// is missing, and checks it is a directory. It runs before the chroot.
+func prepareSpool(path string, perm uint32, uid, gid int) *spool {
 	if path == "" {
 		return &spool{err: errors.New("spool_path is not set")}
 	}
@@ -26,28 +41,50 @@ func openSpool(path string, perm uint32, uid, gid int) *spool {
 			os.Chown(path, uid, gid)
 		}
 	}
-	r, err := os.OpenRoot(path)
+	fi, err := os.Stat(path)
+	if err == nil && !fi.IsDir() {
+		err = fmt.Errorf("%s is not a directory", path)
+	}
 	if err != nil {
 		return &spool{err: fmt.Errorf("spool_path: %w", err)}
 	}
-	return &spool{root: r, perm: os.FileMode(perm)}
+	return &spool{dir: path, host: path, perm: os.FileMode(perm)}
+}
+
+// chrooted records that the worker's root is now the spool directory.
+func (s *spool) chrooted() {
+	if s.err == nil {
+		s.dir = "/"
+	}
 }
 
 // spoolFile is one message's spool file. Errors are kept, not returned,
 // so the message keeps flowing to the MTA; the session looks at err
 // before the final dot.
 type spoolFile struct {
-	root *os.Root
+	s    *spool
 	name string
 	f    *os.File
 	err  error
 }
 
+// path is where the worker opens the file.
+func (sp *spoolFile) path() string { return filepath.Join(sp.s.dir, sp.name) }
+
+// hostPath is the file's name on the host, for logs and lockd.
+func (sp *spoolFile) hostPath() string {
+	if sp == nil || sp.s == nil || sp.name == "" {
+		return ""
+	}
+	return filepath.Join(sp.s.host, sp.name)
+}
+
 // create makes the spool file of the session's current transaction and
-// writes its first line, the spool header.
+// writes its first line, the spool header. The file is new (O_EXCL) and
+// never a link followed (O_NOFOLLOW).
 func (s *spool) create(c *conn) (*spoolFile, error) {
-	sp := &spoolFile{root: s.root}
-	if s.root == nil {
+	sp := &spoolFile{s: s}
+	if s.err != nil {
 		sp.err = s.err
 		return sp, s.err
 	}
@@ -57,12 +94,12 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 		if i > 0 {
 			sp.name = fmt.Sprintf("%s.%d", base, i)
 		}
-		f, err := s.root.OpenFile(sp.name, os.O_RDWR|os.O_CREATE|os.O_EXCL, s.perm)
+		f, err := os.OpenFile(sp.path(), os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, s.perm)
 		if errors.Is(err, os.ErrExist) && i < 100 {
 			continue
 		}
 		if err != nil {
-			sp.err = fmt.Errorf("create %s: %w", filepath.Join(s.root.Name(), sp.name), err)
+			sp.err = fmt.Errorf("create %s: %w", sp.hostPath(), err)
 			return sp, sp.err
 		}
 		f.Chmod(s.perm) // open(2) applies the umask
@@ -91,9 +128,18 @@ func (sp *spoolFile) keep(leave bool) {
 	sp.f.Close()
 	sp.f = nil
 	if !leave {
-		sp.root.Remove(sp.name)
+		os.Remove(sp.path())
 	}
 }
 
 // remove closes and removes the spool file.
 func (sp *spoolFile) remove() { sp.keep(false) }
+
+// reopen opens the spool file again, read-only, for the scanner: a
+// descriptor of its own, with its own offset.
+func (sp *spoolFile) reopen() (*os.File, error) {
+	if sp == nil || sp.s == nil || sp.s.err != nil || sp.name == "" {
+		return nil, errors.New("no spool file")
+	}
+	return os.OpenFile(sp.path(), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+}

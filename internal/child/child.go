@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/confine"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/priv"
 	"smtp-gated/internal/resource"
@@ -36,6 +37,9 @@ type Env struct {
 // Begin reads the Hello from master and opens the log. Signals meant for
 // the daemon go to master only: a child stops when master closes its link.
 func Begin(role string) (*Env, error) {
+	// No new privileges and an empty capability bounding set, before
+	// anything else (with cgo, done already by a constructor).
+	restrictErr := priv.Restrict()
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 	f := os.NewFile(LinkFD, "master")
 	conn, err := ipc.NewConn(f)
@@ -70,6 +74,13 @@ func Begin(role string) (*Env, error) {
 	if lerr != nil && !h.Foreground {
 		log.Warningf("%v; logging to standard error", lerr)
 	}
+	if restrictErr != nil {
+		if os.Geteuid() == 0 {
+			log.Warningf("restricting privileges: %v", restrictErr)
+		} else {
+			log.Debugf("restricting privileges: %v", restrictErr)
+		}
+	}
 	// Inherited from master already; applied again from the
 	// configuration the child was given. Master logged what does not apply.
 	for _, note := range resource.Apply(cfg) {
@@ -103,6 +114,29 @@ func (e *Env) Drop(dir string) error {
 	}
 	e.Log.Debugf("running as %s (uid %d, gid %d), root %q", id.User, id.UID, id.GID, dir)
 	return nil
+}
+
+// Confine applies the BSDs' confinement of the role once its start-up is
+// over (internal/confine): paths says where each path of the role's rule
+// is, as the process sees it.
+func (e *Env) Confine(paths map[string]string) error {
+	what, err := confine.Apply(e.Role, e.Cfg, paths)
+	if err != nil {
+		return err
+	}
+	if what != "" {
+		e.Log.Debugf("confined: %s", what)
+	}
+	return nil
+}
+
+// Refit ends the process, for master to start it again, when a reloaded
+// configuration cannot be served under the confinement it is in.
+func (e *Env) Refit(cfg *config.Config, paths map[string]string) {
+	if err := confine.Fits(cfg, paths); err != nil {
+		e.Log.Noticef("reload: %v: exiting, to be started again", err)
+		os.Exit(0)
+	}
 }
 
 // Ready answers master's Hello.

@@ -78,7 +78,7 @@ type Config struct {
 
 	// SPOOLING
 
-	SpoolPath    string       // default "/var/spool/smtp-gated/msg"
+	SpoolPath    string       // default "/var/spool/smtp-gated/msg" [RESTART]
 	SpoolPerm    uint32       // default 0660
 	SpoolLeaveOn SpoolLeaveOn // default SpoolLeaveError
 

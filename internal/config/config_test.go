@@ -632,7 +632,7 @@ func TestRestartOnly(t *testing.T) {
 	}
 	wantRestart := []string{"bind_address", "port", "pidfile", "chroot_path", "set_user", "set_group", "priority",
 		"session_workers", "control_socket", "limit_core_size", "limit_virt_size", "limit_data_size", "limit_fsize",
-		"mode", "max_connections", "log_level", "log_facility"}
+		"mode", "spool_path", "max_connections", "log_level", "log_facility"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("[RESTART] options: got %v, want %v", restart, wantRestart)
 	}

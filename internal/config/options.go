@@ -108,7 +108,7 @@ var sections = []*section{
 		o("action_script"),
 	}},
 	{title: "SPOOLING", opts: []*option{
-		o("spool_path"),
+		o("spool_path").restartOnly(),
 		o("spool_perm"),
 		o("spool_leave_on"),
 	}},

@@ -61,8 +61,11 @@ func TestPrivileges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if (role == "session" || role == "lookup") && root != jail {
+			if role == "lookup" && root != jail {
 				t.Errorf("%s pid %d has root %q, want the chroot %q", role, pid, root, jail)
+			}
+			if spool := filepath.Join(jail, s.dir, "spool"); role == "session" && root != spool {
+				t.Errorf("%s pid %d has root %q, want spool_path %q", role, pid, root, spool)
 			}
 		}
 	}
@@ -76,20 +79,30 @@ func TestPrivileges(t *testing.T) {
 	s.pf.WaitDelivered(t, token, 30*time.Second)
 }
 
-// Without chroot_path, session workers are still chrooted: into an empty
-// directory.
+// Without chroot_path, session workers are still chrooted, into
+// spool_path, and lookup into an empty directory.
 func TestSessionChrootWithoutChrootPath(t *testing.T) {
 	systemUser(t)
 	s := newSetup(t)
 	d := s.start(t, "set_user "+harness.TestUser)
-	for _, pid := range children(t, d)["session"] {
+	roles := children(t, d)
+	for _, pid := range roles["session"] {
+		root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := filepath.Join(s.dir, "spool"); root != want {
+			t.Errorf("session pid %d has root %q, want spool_path %q", pid, root, want)
+		}
+	}
+	for _, pid := range roles["lookup"] {
 		root, err := os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
 		if err != nil {
 			t.Fatal(err)
 		}
 		entries, err := os.ReadDir(root)
 		if root == "/" || err != nil || len(entries) != 0 {
-			t.Errorf("session pid %d has root %q (%d entries, %v), want an empty directory", pid, root, len(entries), err)
+			t.Errorf("lookup pid %d has root %q (%d entries, %v), want an empty directory", pid, root, len(entries), err)
 		}
 	}
 }

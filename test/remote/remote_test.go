@@ -13,16 +13,16 @@
 // proxy sees the connection from 192.0.2.1; its query goes to
 // 192.0.2.1:114, where the helper reads the router's connection tracking.
 //
-// TestScripted runs the daemon on loopback against a helper of the test's
-// own that answers as it is told: found, wrong cookie, wrong secret,
-// NOTFOUND, silence; and mode remote against a scripted TCP helper.
+// TestScripted runs the daemon against a helper of the test's own that
+// answers as it is told: found, wrong cookie, wrong secret, NOTFOUND,
+// silence, and destinations on the proxy's own host (refused as loops);
+// and mode remote against a scripted TCP helper.
 package remote_test
 
 import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -34,7 +34,6 @@ import (
 	"smtp-gated/internal/rphd"
 	"smtp-gated/test/harness"
 	"smtp-gated/test/netns"
-	"smtp-gated/test/sinkmta"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
@@ -180,7 +179,9 @@ func checkTakeover(t *testing.T, c *harness.Client, reason string) {
 }
 
 // ---------------------------------------------------------------------------
-// The scripted helpers, on loopback.
+// The scripted helpers, on the proxy's loopback, in a namespace of its own
+// ("sprx") with the MTA behind a veth in another ("smta"): the MTA must
+// not be on the proxy's host, or the proxy refuses it as a loop.
 
 type behaviour int32
 
@@ -195,17 +196,19 @@ const (
 type scripted struct {
 	how     atomic.Int32
 	queries atomic.Int32
-	dst     netip.AddrPort
+	dst     atomic.Value // netip.AddrPort
 	port    int
 }
 
-func startScripted(t *testing.T, dst netip.AddrPort) *scripted {
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
+// startScripted answers remote-udp queries on 127.0.0.1 in ns.
+func startScripted(t *testing.T, ns string, dst netip.AddrPort) *scripted {
+	var pc net.PacketConn
+	if err := netns.In(ns, func() (err error) { pc, err = net.ListenPacket("udp4", "127.0.0.1:0"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	s := &scripted{dst: dst, port: pc.LocalAddr().(*net.UDPAddr).Port}
+	s := &scripted{port: pc.LocalAddr().(*net.UDPAddr).Port}
+	s.dst.Store(dst)
 	go func() {
 		buf := make([]byte, 512)
 		for {
@@ -219,8 +222,9 @@ func startScripted(t *testing.T, dst netip.AddrPort) *scripted {
 				continue
 			}
 			r := *q
+			dst := s.dst.Load().(netip.AddrPort)
 			r.Flags = rphd.FlagReply | rphd.FlagFound
-			r.Dst, r.DstPort = s.dst.Addr().As4(), s.dst.Port()
+			r.Dst, r.DstPort = dst.Addr().As4(), dst.Port()
 			r.SetIdent("user-7")
 			switch behaviour(s.how.Load()) {
 			case wrongCookie:
@@ -238,40 +242,56 @@ func startScripted(t *testing.T, dst netip.AddrPort) *scripted {
 	return s
 }
 
-func loopbackConfig(t *testing.T, extra string) (string, int) {
-	dir, err := os.MkdirTemp("", "sgrs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	port := harness.FreePort(t)
+// Addresses of the scripted tests' namespaces.
+var (
+	sPrx = netip.MustParseAddr("198.51.100.1")
+	sMta = netip.MustParseAddrPort("198.51.100.2:25")
+)
+
+// scriptedTopology makes the proxy's and the MTA's namespaces and starts
+// the MTA.
+func scriptedTopology(t *testing.T) (*netns.Topology, string, *netns.MTA) {
+	tp := netns.New(t, "sgrs")
+	ns := tp.Add("sprx", "smta")
+	tp.Veth(ns[0], "rsp", ns[1], "rsm")
+	tp.Addr(ns[0], "rsp", sPrx, 24)
+	tp.Addr(ns[1], "rsm", sMta.Addr(), 24)
+	return tp, ns[0], netns.StartMTA(t, ns[1], sMta.Addr())
+}
+
+func scriptedConfig(extra string) string {
 	return fmt.Sprintf(`bind_address 127.0.0.1
 port %d
 proxy_name remote.test
-pidfile %[2]s/pid
-control_socket %[2]s/ctl.sock
-statefile %[2]s/state
-spool_path %[2]s/spool
-lock_path %[2]s
-ratelimit_path %[2]s
-log_level debug
 session_workers 1
-max_load 0
-`, port, dir) + extra, port
+`, proxyPort) + extra
+}
+
+// dialProxy connects to the proxy from its own namespace.
+func dialProxy(t *testing.T, ns string) *harness.Client {
+	return harness.NewClient(t, netns.Dial(t, ns, netip.Addr{}, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), proxyPort)))
+}
+
+// checkLoop expects the answer to a destination refused as a loop: 554
+// msg_loop_avoidance at once, the connection closed, the cause logged,
+// and nothing sent to the MTA.
+func checkLoop(t *testing.T, d *harness.Daemon, mark harness.Mark, c *harness.Client, mta *netns.MTA, cause string) {
+	t.Helper()
+	if text := c.Expect(554); !strings.Contains(text, "loop (scripted)") {
+		t.Errorf("554 %q, want msg_loop_avoidance", text)
+	}
+	c.ExpectClosed()
+	d.WaitLogAfter(t, mark, regexp.MustCompile(`avoiding loop: .*`+regexp.QuoteMeta(cause)), 15*time.Second)
+	d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=loop, `), 15*time.Second)
+	mta.None(t)
 }
 
 func TestScripted(t *testing.T) {
-	sink, err := sinkmta.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sink.Close() })
-	sinkAddr := netip.MustParseAddrPort(sink.Addr())
+	tp, prx, mta := scriptedTopology(t)
 
 	t.Run("remote-udp", func(t *testing.T) {
-		h := startScripted(t, sinkAddr)
-		conf, port := loopbackConfig(t, fmt.Sprintf(`mode remote-udp
+		h := startScripted(t, prx, sMta)
+		d, _ := tp.StartDaemon(t, prx, scriptedConfig(fmt.Sprintf(`mode remote-udp
 remote_port %d
 remote_udp_secret %d
 remote_udp_retries 3
@@ -279,9 +299,8 @@ timeout_lookup 1
 msg_lookup_timeout "timed out (scripted)"
 msg_lookup_mismatch "garbled (scripted)"
 msg_lookup_notfound "not found (scripted)"
-`, h.port, secret))
-		d := harness.StartDaemon(t, conf)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
+msg_loop_avoidance "loop (scripted)"
+`, h.port, secret)))
 		for _, tc := range []struct {
 			name    string
 			how     behaviour
@@ -300,11 +319,12 @@ msg_lookup_notfound "not found (scripted)"
 				h.queries.Store(0)
 				mark := d.Mark()
 				start := time.Now()
-				c := harness.Dial(t, addr)
+				c := dialProxy(t, prx)
 				if tc.reason == "" {
 					if greet := c.Expect(220); !strings.Contains(greet, "sinkmta") {
 						t.Fatalf("greeting %q, want the MTA's", greet)
 					}
+					mta.Next(t)
 					c.Ehlo("client.test")
 					c.SendMail("alice@client.test", []string{"bob@mta.test"}, harness.Message("alice@client.test", "bob@mta.test", harness.Token(t)))
 					c.Quit()
@@ -324,15 +344,32 @@ msg_lookup_notfound "not found (scripted)"
 				}
 			})
 		}
+		// A helper's answer that points back at the proxy's host is a
+		// loop, whatever the port.
+		h.how.Store(int32(found))
+		for _, tc := range []struct {
+			name  string
+			dst   string
+			cause string
+		}{
+			{"loopback", "127.0.0.1:25", "loopback address"},
+			{"other loopback", "127.9.9.9:2525", "loopback address"},
+			{"unspecified", "0.0.0.0:25", "unspecified address"},
+			{"interface address", netip.AddrPortFrom(sPrx, 25).String(), "address of the proxy's own"},
+			{"address connected to", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), proxyPort).String(), "the proxy itself"},
+		} {
+			t.Run("loop "+tc.name, func(t *testing.T) {
+				h.dst.Store(netip.MustParseAddrPort(tc.dst))
+				t.Cleanup(func() { h.dst.Store(sMta) })
+				mark := d.Mark()
+				checkLoop(t, d, mark, dialProxy(t, prx), mta, tc.cause)
+			})
+		}
 		d.Stop(t)
 	})
 
 	t.Run("remote", func(t *testing.T) {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
+		ln := netns.Listen(t, prx, "tcp4", "127.0.0.1:0")
 		var answer atomic.Value
 		go func() {
 			for {
@@ -351,27 +388,34 @@ msg_lookup_notfound "not found (scripted)"
 				}()
 			}
 		}()
-		conf, port := loopbackConfig(t, fmt.Sprintf(`mode remote
+		d, _ := tp.StartDaemon(t, prx, scriptedConfig(fmt.Sprintf(`mode remote
 remote_port %d
 timeout_lookup 2
 msg_lookup_notfound "not found (scripted ident)"
-`, ln.Addr().(*net.TCPAddr).Port))
-		d := harness.StartDaemon(t, conf)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
+msg_loop_avoidance "loop (scripted)"
+`, ln.Addr().(*net.TCPAddr).Port)))
 
-		answer.Store("%d , %d : ORIGIN : " + sinkAddr.Addr().String() + " : " + fmt.Sprint(sinkAddr.Port()) + " : carol\r\n")
+		origin := func(dst netip.AddrPort) string {
+			return "%d , %d : ORIGIN : " + dst.Addr().String() + " : " + fmt.Sprint(dst.Port()) + " : carol\r\n"
+		}
+		answer.Store(origin(sMta))
 		mark := d.Mark()
-		c := harness.Dial(t, addr)
+		c := dialProxy(t, prx)
 		if greet := c.Expect(220); !strings.Contains(greet, "sinkmta") {
 			t.Fatalf("greeting %q, want the MTA's", greet)
 		}
+		mta.Next(t)
 		c.Quit()
 		d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=quit, .*ident=carol, `), 15*time.Second)
 
 		answer.Store("%d , %d : ERROR : NO-USER\r\n")
 		mark = d.Mark()
-		checkTakeover(t, harness.Dial(t, addr), "not found (scripted ident)")
+		checkTakeover(t, dialProxy(t, prx), "not found (scripted ident)")
 		d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=lookup, `), 15*time.Second)
+
+		answer.Store(origin(netip.MustParseAddrPort("127.0.0.2:25")))
+		mark = d.Mark()
+		checkLoop(t, d, mark, dialProxy(t, prx), mta, "loopback address")
 		d.Stop(t)
 	})
 }
