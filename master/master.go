@@ -70,6 +70,7 @@ type master struct {
 	maxConnections int
 	listener       *net.TCPListener
 	ctl            *net.UnixListener
+	ctlFile        *os.File // ctl's descriptor, for serveControl
 	ctlPath        string
 	pidfile        string
 	// natDev is /dev/pf or /dev/ipnat for the lookup process (modes pf,
