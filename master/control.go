@@ -468,10 +468,14 @@ func (m *master) status() string {
 	fmt.Fprintf(&b, "Children: %d/%d (current/max)\n", len(m.sessions), m.maxConnections)
 	fmt.Fprintf(&b, "Requests: %d/%d/%d (total/direct/empty)\n", m.count.requests, m.count.direct, m.count.empty)
 	fmt.Fprintf(&b, "Rejects: %d/%d/%d (host/max/other)\n", m.count.rejectHost, m.count.rejectMax, m.count.rejectOther)
+	now := time.Now()
 	for _, p := range m.allProcs() {
 		state := "ready"
-		if !p.ready {
+		switch {
+		case !p.ready:
 			state = "starting"
+		case p.role == ipc.RoleSession && p.late(now):
+			state = "late" // no new sessions until it answers
 		}
 		fmt.Fprintf(&b, "Process: %-10s pid %-7d %-8s sessions %d restarts %d\n", p.String(), p.pid, state, p.sessions, p.restarts)
 	}
