@@ -17,7 +17,7 @@ import (
 const (
 	// handQueue is the length of a worker's queue of sessions waiting
 	// for its sender; a worker whose queue is full gets no new sessions.
-	handQueue = 64
+	handQueue = 256
 	// maxUntaken: a worker with this many sessions handed but not yet
 	// taken (MsgSessionTaken) gets no new sessions.
 	maxUntaken = 256
