@@ -3,6 +3,7 @@ package master
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -227,7 +228,13 @@ func (m *master) control(uc *net.UnixConn) {
 	conn.LimitRecv(ctlMaxRequest)
 	msg, err := conn.Recv()
 	if err != nil {
-		m.log.Warningf("control socket: %v", err)
+		// A caller gone or silent is not worth a warning: a flood of
+		// them would flood the log.
+		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+			m.log.Debugf("control socket: no command: %v", err)
+		} else {
+			m.log.Warningf("control socket: %v", err)
+		}
 		return
 	}
 	defer msg.Close()
