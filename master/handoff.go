@@ -43,25 +43,33 @@ func (p *proc) late(now time.Time) bool {
 	return now.Sub(time.Unix(0, p.lastPong.Load())) > pongLate
 }
 
-// admits reports whether session worker p may get a new session now.
-// Called with m.mu held.
-func (p *proc) admits(now time.Time) bool {
+// admits reports whether session worker p may get a new session now;
+// lateOK disregards the heartbeat. Called with m.mu held.
+func (p *proc) admits(now time.Time, lateOK bool) bool {
 	return p.ready && p.link != nil && len(p.link.queue) < cap(p.link.queue) &&
-		p.untaken < maxUntaken && !p.late(now)
+		p.untaken < maxUntaken && (lateOK || !p.late(now))
 }
 
 // pickWorker chooses the worker for a new session: the one with the fewest
-// sessions among those that admit one, other than not. Nil when none
-// does. Called with m.mu held.
+// sessions among those that admit one, other than not. When every worker
+// is late (a machine so loaded that none answered in time, master
+// included), one with room is chosen all the same: the session waits in
+// its queue, and is handed to another if that worker is killed. Nil when
+// none has room. Called with m.mu held.
 func (m *master) pickWorker(not *proc) *proc {
 	now := time.Now()
-	var w *proc
-	for _, p := range m.sessionProcs {
-		if p != not && p.admits(now) && (w == nil || p.sessions < w.sessions) {
-			w = p
+	for _, lateOK := range []bool{false, true} {
+		var w *proc
+		for _, p := range m.sessionProcs {
+			if p != not && p.admits(now, lateOK) && (w == nil || p.sessions < w.sessions) {
+				w = p
+			}
+		}
+		if w != nil {
+			return w
 		}
 	}
-	return w
+	return nil
 }
 
 // enqueue books session s (id) as worker w's and puts it in w's queue.

@@ -150,6 +150,21 @@ func TestHandOffStalledWorker(t *testing.T) {
 		}
 	}
 
+	// Master books the SESSION_TAKEN messages on its own time: until it
+	// has, the healthy worker counts them as untaken (no message tells
+	// the test, so the books are polled).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		m.mu.Lock()
+		left := healthy.p.untaken
+		m.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healthy worker: %d sessions still untaken in master's books", left)
+		}
+	}
+
 	// The stalled worker dies: what it never took goes to the healthy one.
 	close(stalled.l.stop)
 	stalled.end.Close()
