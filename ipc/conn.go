@@ -71,7 +71,18 @@ type Conn struct {
 	uc  *net.UnixConn
 	buf []byte
 	oob []byte
+	max int // the largest packet Recv takes; MaxPacket when 0
 	wmu sync.Mutex
+}
+
+// LimitRecv makes Recv refuse packets larger than n bytes (at most
+// MaxPacket), reading into a buffer of that size: for a link whose other
+// end is not trusted with master's memory, such as a control connection.
+// Call it before the first Recv.
+func (c *Conn) LimitRecv(n int) {
+	if n > 0 && n < MaxPacket {
+		c.max = n
+	}
 }
 
 // Pair makes a connected pair of close-on-exec SOCK_SEQPACKET sockets.
@@ -171,8 +182,12 @@ func encodePacket(t Type, id uint32, reply bool, payload any) ([]byte, error) {
 // catalogue (unknown type, wrong descriptors, a payload that does not
 // decode, truncation); any descriptors of such a packet are closed.
 func (c *Conn) Recv() (*Msg, error) {
+	limit := MaxPacket
+	if c.max > 0 {
+		limit = c.max
+	}
 	if c.buf == nil {
-		c.buf = make([]byte, MaxPacket+1)
+		c.buf = make([]byte, limit+1)
 		c.oob = make([]byte, unix.CmsgSpace(4*MaxFDs)+64)
 	}
 	n, oobn, flags, _, err := c.uc.ReadMsgUnix(c.buf, c.oob)
@@ -209,8 +224,8 @@ func (c *Conn) Recv() (*Msg, error) {
 		}
 		return nil, io.EOF
 	}
-	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n > MaxPacket {
-		return fail("packet truncated (more than %d bytes or %d descriptors)", MaxPacket, MaxFDs)
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n > limit {
+		return fail("packet truncated (more than %d bytes or %d descriptors)", limit, MaxFDs)
 	}
 	return decodePacket(c.buf[:n], m)
 }

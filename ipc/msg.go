@@ -9,7 +9,7 @@ import (
 // start-up handshake and in every control request; bump it on every change
 // to a message number or payload, so that a master and a child built from
 // different sources refuse each other instead of misreading each other.
-const Version = 3
+const Version = 4
 
 // Type is the number of one message type. Numbers are explicit and never
 // reused: a reader of a packet dump, or of a log line naming a number, can
@@ -129,6 +129,20 @@ const (
 	// lockd → master, CtlReply, no fd; the reply to MsgLockdCtl, which
 	// master passes on to smtpgatectl.
 	MsgLockdReply Type = 56
+
+	// Session workers' health and the hand-off of sessions.
+
+	// master → session, Ping, no fd; reply MsgPong. Sent every second: a
+	// worker that has not answered for 2 s gets no new sessions, one
+	// silent for 10 s is killed and restarted.
+	MsgPing Type = 62
+	// session → master, Pong, no fd; the reply to MsgPing.
+	MsgPong Type = 63
+	// session → master, SessionTaken, no fd. One way: the worker took the
+	// client socket of MsgNewSession ID. Until then master keeps its own
+	// copy, to hand the session to another worker if this one never
+	// takes it.
+	MsgSessionTaken Type = 64
 )
 
 // spec says what a message type may carry.
@@ -176,6 +190,10 @@ var catalogue = map[Type]spec{
 	MsgIdentAnswer:  {"IDENT_ANSWER", 0, func() any { return new(IdentAnswer) }},
 	MsgLockdCtl:     {"LOCKD_CTL", 0, func() any { return new(LockdCtl) }},
 	MsgLockdReply:   {"LOCKD_REPLY", 0, func() any { return new(CtlReply) }},
+
+	MsgPing:         {"PING", 0, func() any { return new(Ping) }},
+	MsgPong:         {"PONG", 0, func() any { return new(Pong) }},
+	MsgSessionTaken: {"SESSION_TAKEN", 0, func() any { return new(SessionTaken) }},
 }
 
 func (t Type) String() string {
@@ -533,4 +551,16 @@ type LockdCtl struct {
 	Command string   `msgpack:"command"`
 	Args    []string `msgpack:"args"`
 	UID     int      `msgpack:"uid"`
+}
+
+// Ping asks a session worker whether it still serves its link to master.
+type Ping struct{}
+
+// Pong answers Ping.
+type Pong struct{}
+
+// SessionTaken tells master that the worker took session ID's client
+// socket.
+type SessionTaken struct {
+	ID uint64 `msgpack:"id"`
 }

@@ -116,68 +116,38 @@ func (m *master) admit(c *net.TCPConn) {
 	case m.overLoad(cfg):
 		by, text = "load", cfg.MsgSystemLoad
 	default:
-		for _, p := range m.sessionProcs {
-			if p.ready && (w == nil || p.sessions < w.sessions) {
-				w = p
-			}
-		}
+		// A worker that does not keep up (its queue full, too many
+		// sessions not taken, its heartbeat late) is passed over.
+		w = m.pickWorker(nil)
 		if w == nil {
 			by, code, text = "unavailable", 421, cfg.MsgTempUnavail
 			m.count.rejectOther++
 		}
 	}
 	if w != nil {
-		m.sessions[id] = &session{worker: w, src: src, start: time.Now(), done: make(chan struct{})}
-		m.perHost[src.Addr()]++
-		w.sessions++
 		total++
 		host++
+		s := &session{src: src, start: time.Now(), done: make(chan struct{}), conn: c,
+			ns: &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
+				Count: total, HostCount: host}}
+		m.sessions[id] = s
+		m.perHost[src.Addr()]++
+		// Logged before the sender can hand the session over, so that
+		// NEW comes before the worker's lines.
+		m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
+		// pickWorker found room in the queue, under this lock.
+		m.enqueue(w, id, s)
+		m.mu.Unlock()
+		return
 	}
 	m.mu.Unlock()
 
 	m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
-	if w == nil {
-		m.mu.Lock()
-		m.countClose(by)
-		m.mu.Unlock()
-		m.log.Infof("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", by, src, id)
-		go m.rejectEvent(c, code, text, by, src, local, id)
-		return
-	}
-	ns := &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
-		Count: total, HostCount: host}
-	err := m.handOff(w, c, ns)
-	if err != nil {
-		m.log.Errf("hand-off of %v to %v: %v", src, w, err)
-		m.mu.Lock()
-		m.forget(id)
-		m.countClose("handoff")
-		m.mu.Unlock()
-		m.log.Infof("CLOSE by=handoff, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", src, id)
-		go m.reject(c, 421, cfg.MsgTempUnavail)
-		return
-	}
-	c.Close()
-}
-
-// handOff sends the client socket to worker w. The kernel duplicates the
-// descriptor on its way; master's copy is closed by the caller.
-func (m *master) handOff(w *proc, c *net.TCPConn, ns *ipc.NewSession) error {
 	m.mu.Lock()
-	peer := w.peer
+	m.countClose(by)
 	m.mu.Unlock()
-	if peer == nil {
-		return errors.New("worker not running")
-	}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = peer.Send(ipc.MsgNewSession, ns, int(fd)) }); err != nil {
-		return err
-	}
-	return serr
+	m.log.Infof("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", by, src, id)
+	go m.rejectEvent(c, code, text, by, src, local, id)
 }
 
 // reject answers a connection that is not admitted and closes it.
@@ -201,6 +171,11 @@ func (m *master) forget(id uint64) *session {
 	delete(m.sessions, id)
 	m.forgetIdent(id)
 	close(s.done)
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn, s.ns = nil, nil
+		s.worker.untaken--
+	}
 	if m.perHost[s.src.Addr()]--; m.perHost[s.src.Addr()] <= 0 {
 		delete(m.perHost, s.src.Addr())
 	}
@@ -217,7 +192,7 @@ func (m *master) endSession(p *proc, e *ipc.SessionEnd) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s, ok := m.sessions[e.ID]
-	if !ok || s.worker != p {
+	if !ok || s.worker != p || s.conn != nil {
 		return false
 	}
 	m.forget(e.ID)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,14 @@ type proc struct {
 	started  time.Time
 	failures int
 	restarts int
+	// Session workers: the running process's hand-off state, and the
+	// number of sessions handed to it that it has not taken yet.
+	link    *link
+	untaken int
+
+	// lastPong is when the session worker last answered the heartbeat
+	// (unix nanoseconds; its start counts as an answer).
+	lastPong atomic.Int64
 }
 
 func (p *proc) String() string {
@@ -91,12 +100,19 @@ func (m *master) spawn(p *proc) error {
 	}
 	peer := ipc.NewPeer(conn, p.String(), func(pe *ipc.Peer, msg *ipc.Msg) { m.fromChild(p, pe, msg) })
 
+	var l *link
+	if p.role == ipc.RoleSession {
+		l = &link{queue: make(chan uint64, handQueue), stop: make(chan struct{})}
+	}
 	m.mu.Lock()
 	p.peer, p.cmd, p.pid, p.ready, p.sessions, p.started = peer, cmd, cmd.Process.Pid, false, 0, time.Now()
+	p.link, p.untaken = l, 0
 	m.mu.Unlock()
 
 	exited := make(chan struct{})
+	linkDone := make(chan struct{})
 	go func() {
+		defer close(linkDone)
 		err := peer.Run()
 		if err != nil && !errors.Is(err, io.EOF) && !m.stopping() {
 			// Unexpected is fatal: a child that breaks the protocol
@@ -109,6 +125,12 @@ func (m *master) spawn(p *proc) error {
 	go func() {
 		state, _ := cmd.Process.Wait()
 		close(exited)
+		// What the process said before it died (the sessions it took,
+		// those that ended) is read before its books are closed.
+		select {
+		case <-linkDone:
+		case <-time.After(2 * time.Second):
+		}
 		m.exited(p, cmd, state)
 	}()
 
@@ -150,6 +172,11 @@ func (m *master) spawn(p *proc) error {
 	m.mu.Lock()
 	if p.cmd == cmd {
 		p.ready = true
+		if l != nil {
+			p.lastPong.Store(time.Now().UnixNano())
+			go m.sendSessions(p, peer, cmd, l)
+			go m.heartbeat(p, peer, cmd, l)
+		}
 	}
 	m.mu.Unlock()
 	m.log.Debugf("%v ready (pid %d)", p, cmd.Process.Pid)
@@ -209,6 +236,12 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 	p.ready = false
 	p.peer.Close()
 	lived := time.Since(p.started)
+	var moved, refused int
+	if p.link != nil {
+		close(p.link.stop)
+		moved, refused = m.rehand(p)
+		p.link = nil
+	}
 	lost := m.dropSessionsOf(p)
 	stopping := m.stoppingLocked()
 	if lived >= 10*time.Second {
@@ -226,6 +259,9 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 	}
 	m.log.Errf("%v (pid %d) exited: %v, after %v; %d sessions lost; restarting in %v",
 		p, cmd.Process.Pid, describe(state), lived.Round(time.Millisecond), lost, delay)
+	if moved+refused > 0 {
+		m.log.Warningf("%v had not taken %d sessions: %d handed to other workers, %d refused", p, moved+refused, moved, refused)
+	}
 	go m.restart(p, delay)
 }
 
@@ -272,6 +308,10 @@ func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 	switch v := msg.Payload.(type) {
 	case *ipc.SessionEnd:
 		if p.role == ipc.RoleSession && m.endSession(p, v) {
+			return
+		}
+	case *ipc.SessionTaken:
+		if p.role == ipc.RoleSession && m.taken(p, v.ID) {
 			return
 		}
 	case *ipc.SpoofQuery:

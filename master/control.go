@@ -3,12 +3,16 @@ package master
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/version"
@@ -41,44 +45,198 @@ func (m *master) openControl(path string) error {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	l.SetUnlinkOnClose(true)
-	m.ctl, m.ctlPath = l, path
+	// The accept loop reads a duplicate of the listening descriptor
+	// through the poller (serveControl); the listener itself is kept to
+	// remove the socket file when it is closed.
+	var dup int
+	var derr error
+	rc, err := l.SyscallConn()
+	if err == nil {
+		err = rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	}
+	if err == nil && derr == nil {
+		if derr = unix.SetNonblock(dup, true); derr != nil {
+			unix.Close(dup)
+		}
+	}
+	if err != nil || derr != nil {
+		l.Close()
+		return fmt.Errorf("control socket: %w", errors.Join(err, derr))
+	}
+	m.ctl, m.ctlFile, m.ctlPath = l, os.NewFile(uintptr(dup), "control"), path
 	return nil
 }
 
 func (m *master) closeControl() {
 	if m.ctl != nil {
+		m.ctlFile.Close()
 		m.ctl.Close()
 	}
 }
 
-// serveControl answers smtpgatectl until the socket is closed.
+// Bounds of the control socket, which any local user may connect to: a
+// flood of idle connections must neither exhaust master's descriptors and
+// memory nor lock out the administrator.
+const (
+	// ctlSlots control connections are served at once; ctlRootSlots
+	// more for root only, so that root gets an answer while other users
+	// hold the ordinary slots. Any other is refused at once.
+	ctlSlots     = 16
+	ctlRootSlots = 4
+	// ctlCommandTimeout bounds the wait for the request, ctlTimeout the
+	// whole connection.
+	ctlCommandTimeout = 5 * time.Second
+	ctlTimeout        = 30 * time.Second
+	// ctlMaxRequest is the largest request read.
+	ctlMaxRequest = 16 << 10
+)
+
+// serveControl answers smtpgatectl until the socket is closed. An accept
+// error (EMFILE, ENFILE, ENOBUFS, ...) is retried with a back-off from
+// 10 ms doubling to 1 s, as the SMTP listener's are: the control socket
+// never stops answering while the daemon runs.
+//
+// Connections are accepted with accept4 on the listening descriptor, so
+// that one refused costs four system calls (accept, credentials, write,
+// close) and no poller registration: a flood is drained fast enough for
+// root's command, queued behind it, to be answered in time.
 func (m *master) serveControl() {
 	if m.ctl == nil {
 		return
 	}
+	rc, err := m.ctlFile.SyscallConn()
+	if err != nil {
+		m.log.Errf("control socket: %v", err)
+		return
+	}
+	refusal, err := ipc.RefusalPacket(ctlBusy, "smtp-gated: too many control connections open; try again later")
+	if err != nil {
+		m.log.Errf("control socket: %v", err)
+		return
+	}
+	slots := make(chan struct{}, ctlSlots)
+	rootSlots := make(chan struct{}, ctlRootSlots)
+	var delay time.Duration
+	var refused refusals
 	for {
-		uc, err := m.ctl.AcceptUnix()
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				m.log.Errf("control socket: %v", err)
-			}
+		fd, err := acceptRaw(rc)
+		if errors.Is(err, os.ErrClosed) {
 			return
 		}
-		go m.control(uc)
+		if err != nil {
+			delay = min(max(2*delay, 10*time.Millisecond), time.Second)
+			m.log.Errf("control socket: accept: %v; retrying in %v", err, delay)
+			select {
+			case <-time.After(delay):
+			case <-m.quit:
+				return
+			}
+			continue
+		}
+		delay = 0
+		var slot chan struct{}
+		select {
+		case slots <- struct{}{}:
+			slot = slots
+		default:
+			if uid, err := fdPeerUID(fd); err == nil && uid == 0 {
+				select {
+				case rootSlots <- struct{}{}:
+					slot = rootSlots
+				default:
+				}
+			}
+		}
+		if slot == nil {
+			// A new socket's buffer is empty: the write does not wait.
+			unix.Write(fd, refusal)
+			unix.Close(fd)
+			if n := refused.add(); n > 0 {
+				m.log.Warningf("control socket: %d connections refused: %d open already (%d more for root)", n, ctlSlots, ctlRootSlots)
+			}
+			continue
+		}
+		go func() {
+			defer func() { <-slot }()
+			f := os.NewFile(uintptr(fd), "control")
+			c, err := net.FileConn(f)
+			f.Close()
+			if err != nil {
+				m.log.Errf("control socket: %v", err)
+				return
+			}
+			m.control(c.(*net.UnixConn))
+		}()
 	}
+}
+
+// acceptRaw accepts one connection on the listener behind rc, waiting in
+// the poller while there is none. It returns an error wrapping
+// os.ErrClosed once the listener is closed.
+func acceptRaw(rc syscall.RawConn) (int, error) {
+	nfd := -1
+	var aerr error
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			nfd, aerr = accept4(int(fd))
+			switch aerr {
+			case unix.EINTR, unix.ECONNABORTED:
+				continue
+			case unix.EAGAIN:
+				return false
+			}
+			return true
+		}
+	})
+	if err != nil {
+		return -1, err
+	}
+	if aerr != nil {
+		return -1, os.NewSyscallError("accept4", aerr)
+	}
+	return nfd, nil
+}
+
+// refusals counts refused control connections for a log line at most
+// every 10 seconds.
+type refusals struct {
+	n    int
+	last time.Time
+}
+
+// add counts one refusal and returns the number to log now, 0 when the
+// line waits.
+func (r *refusals) add() int {
+	r.n++
+	if time.Since(r.last) < 10*time.Second {
+		return 0
+	}
+	n := r.n
+	r.n, r.last = 0, time.Now()
+	return n
 }
 
 // control answers one request.
 func (m *master) control(uc *net.UnixConn) {
 	defer uc.Close()
-	uc.SetDeadline(time.Now().Add(30 * time.Second))
+	start := time.Now()
+	uc.SetDeadline(start.Add(ctlTimeout))
+	uc.SetReadDeadline(start.Add(ctlCommandTimeout))
 	conn := ipc.FromUnixConn(uc)
+	conn.LimitRecv(ctlMaxRequest)
 	msg, err := conn.Recv()
 	if err != nil {
-		m.log.Warningf("control socket: %v", err)
+		// A caller gone or silent is not worth a warning: a flood of
+		// them would flood the log.
+		if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+			m.log.Debugf("control socket: no command: %v", err)
+		} else {
+			m.log.Warningf("control socket: %v", err)
+		}
 		return
 	}
 	defer msg.Close()
+	uc.SetReadDeadline(start.Add(ctlTimeout))
 	req, ok := msg.Payload.(*ipc.CtlRequest)
 	if !ok || msg.Reply {
 		m.log.Warningf("control socket: unexpected %v", msg.Type)
@@ -103,6 +261,9 @@ const (
 	ctlUsage    = 2
 	ctlDenied   = 4
 	ctlNotFound = 5
+	// ctlBusy: too many control connections; the exit status of a
+	// daemon that could not be reached.
+	ctlBusy = 3
 )
 
 // commands lists the control commands: the words a request starts with,
@@ -312,10 +473,14 @@ func (m *master) status() string {
 	fmt.Fprintf(&b, "Children: %d/%d (current/max)\n", len(m.sessions), m.maxConnections)
 	fmt.Fprintf(&b, "Requests: %d/%d/%d (total/direct/empty)\n", m.count.requests, m.count.direct, m.count.empty)
 	fmt.Fprintf(&b, "Rejects: %d/%d/%d (host/max/other)\n", m.count.rejectHost, m.count.rejectMax, m.count.rejectOther)
+	now := time.Now()
 	for _, p := range m.allProcs() {
 		state := "ready"
-		if !p.ready {
+		switch {
+		case !p.ready:
 			state = "starting"
+		case p.role == ipc.RoleSession && p.late(now):
+			state = "late" // no new sessions until it answers
 		}
 		fmt.Fprintf(&b, "Process: %-10s pid %-7d %-8s sessions %d restarts %d\n", p.String(), p.pid, state, p.sessions, p.restarts)
 	}

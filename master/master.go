@@ -48,6 +48,10 @@ type session struct {
 	src    netip.AddrPort
 	start  time.Time
 	done   chan struct{} // closed when the session is forgotten
+	// conn is master's copy of the client socket and ns the hand-off
+	// message, until the worker says it took the session; nil after.
+	conn *net.TCPConn
+	ns   *ipc.NewSession
 }
 
 // counters are totals since start.
@@ -70,6 +74,7 @@ type master struct {
 	maxConnections int
 	listener       *net.TCPListener
 	ctl            *net.UnixListener
+	ctlFile        *os.File // ctl's descriptor, for serveControl
 	ctlPath        string
 	pidfile        string
 	// natDev is /dev/pf or /dev/ipnat for the lookup process (modes pf,

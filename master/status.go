@@ -64,8 +64,10 @@ func (m *master) liveSessions() []liveRow {
 		pid  int
 	}
 	var workers []target
+	now := time.Now()
 	for _, p := range m.sessionProcs {
-		if p.ready && p.peer != nil {
+		// One that does not answer the heartbeat would not answer this.
+		if p.ready && p.peer != nil && !p.late(now) {
 			workers = append(workers, target{p, p.peer, p.pid})
 		}
 	}

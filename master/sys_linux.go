@@ -23,13 +23,19 @@ func peerUID(uc *net.UnixConn) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	var cred *unix.Ucred
+	uid := -1
 	var cerr error
-	if err := rc.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { uid, cerr = fdPeerUID(int(fd)) }); err != nil {
 		return -1, err
 	}
-	if cerr != nil {
-		return -1, cerr
+	return uid, cerr
+}
+
+// fdPeerUID is the uid of the process at the other end of socket fd.
+func fdPeerUID(fd int) (int, error) {
+	cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return -1, err
 	}
 	return int(cred.Uid), nil
 }
@@ -49,4 +55,10 @@ func processAlive(pid int) bool {
 		return s[i+2] != 'Z'
 	}
 	return true
+}
+
+// accept4 accepts a connection on fd, close-on-exec and non-blocking.
+func accept4(fd int) (int, error) {
+	nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+	return nfd, err
 }

@@ -78,11 +78,21 @@ func (w *worker) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	case *ipc.NewSession:
 		f := m.TakeFile(0)
 		c := w.newConn(v)
+		// Before anything is said to the client: until master reads
+		// this, it may give the session to another worker should this
+		// one die.
+		if err := p.Send(ipc.MsgSessionTaken, &ipc.SessionTaken{ID: v.ID}); err != nil {
+			w.env.Fatalf("telling master session %d was taken: %v", v.ID, err)
+		}
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
 			w.serve(c, f)
 		}()
+	case *ipc.Ping:
+		if err := p.Reply(m, ipc.MsgPong, &ipc.Pong{}); err != nil {
+			w.env.Fatalf("reply to master: %v", err)
+		}
 	case *ipc.SessionsQuery:
 		if err := p.Reply(m, ipc.MsgSessionList, w.rows(v)); err != nil {
 			w.env.Fatalf("reply to master: %v", err)

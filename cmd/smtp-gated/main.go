@@ -60,6 +60,11 @@ func usage(w io.Writer) {
 }
 
 func main() {
+	// A child gets from master exactly the descriptors master means it
+	// to have (every other one of master's is close-on-exec).
+	if len(os.Args) < 2 || os.Args[1] != "-child" {
+		closeInherited()
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -40,7 +40,7 @@ commands:
 
 "needs root": root or the user the daemon runs as. The control socket is
 control_socket of the configuration file given with -c, or %s.
-Exit status: 0 done, 1 failed, 2 usage, 3 daemon not reachable,
+Exit status: 0 done, 1 failed, 2 usage, 3 daemon not reachable or busy,
 4 permission denied, 5 no such session, lock or rate-limit record.
 `, defaultSocket)
 }
