@@ -62,6 +62,12 @@ func samples() map[Type]any {
 		MsgIdentAnswer: &IdentAnswer{Count: 5, Over: true, Err: "no such session"},
 		MsgLockdCtl:    &LockdCtl{Command: "ratelimit", Args: []string{"set", "192.0.2.1", "connections=5"}, UID: 1000},
 		MsgLockdReply:  &CtlReply{Code: 5, Text: "192.0.2.1: not locked\n"},
+
+		MsgSessionOpen:   &SessionOpen{ID: 1<<40 + 9, Worker: 3, Client: v6, Local: v4b, Ident: "dave"},
+		MsgSessionClosed: &SessionClosed{ID: 1<<40 + 10},
+		MsgSessionAsk:    &SessionAsk{ID: 1<<40 + 11},
+		MsgSessionInfo:   &SessionInfo{Known: true, Worker: 2, Client: v4, Local: v6, Ident: "erin"},
+		MsgBreach:        &Breach{Worker: 1, ID: 1<<40 + 12, Rule: "found for a client not the session's"},
 	}
 }
 

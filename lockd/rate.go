@@ -73,6 +73,20 @@ func (s *server) rate(cfg *config.Config, c client, q *ipc.Policy, now time.Time
 			return "", fmt.Errorf("unknown rate-limit counter %q", d.Name)
 		}
 	}
+	fresh := false
+	if _, err := os.Lstat(filepath.Join(cfg.RatelimitPath, c.fileName())); errors.Is(err, os.ErrNotExist) {
+		if s.maxRateFiles > 0 && s.rateFiles.Load() >= s.maxRateFiles {
+			// No file beyond the bound: a client this new is not
+			// counted. Rate limits per address mean little against
+			// a sender of that many addresses anyway.
+			if last := s.rateFull.Load(); now.Unix()-last >= 60 && s.rateFull.CompareAndSwap(last, now.Unix()) {
+				s.log.Warningf("ratelimit_path %s holds %d files, the most lockd makes: %v and other new clients are not counted",
+					cfg.RatelimitPath, s.rateFiles.Load(), c)
+			}
+			return "", nil
+		}
+		fresh = true
+	}
 	r, changed, err := s.loadRecord(cfg, c, now)
 	if err != nil {
 		return "", err
@@ -98,6 +112,9 @@ func (s *server) rate(cfg *config.Config, c client, q *ipc.Policy, now time.Time
 	if changed {
 		if err := s.storeRecord(cfg, r); err != nil {
 			return "", err
+		}
+		if fresh {
+			s.rateFiles.Add(1)
 		}
 	}
 	if over != "" {
@@ -141,4 +158,21 @@ func (s *server) sweepRates(cfg *config.Config, now time.Time) {
 		}
 		unlock()
 	}
+	s.countRateFiles(cfg)
+}
+
+// countRateFiles counts the records of ratelimit_path, for the bound on
+// their number.
+func (s *server) countRateFiles(cfg *config.Config) {
+	ents, err := os.ReadDir(cfg.RatelimitPath)
+	if err != nil {
+		return
+	}
+	n := int64(0)
+	for _, e := range ents {
+		if _, ok := parseFileName(e.Name()); ok {
+			n++
+		}
+	}
+	s.rateFiles.Store(n)
 }

@@ -127,7 +127,9 @@ func (m *master) admit(c *net.TCPConn) {
 		}
 	}
 	if w != nil {
-		m.sessions[id] = &session{worker: w, src: src, start: time.Now(), done: make(chan struct{})}
+		s := &session{worker: w, src: src, local: local, start: time.Now(), done: make(chan struct{})}
+		m.sessions[id] = s
+		m.registerLocked(id, s)
 		m.perHost[src.Addr()]++
 		w.sessions++
 		total++
@@ -199,6 +201,7 @@ func (m *master) forget(id uint64) *session {
 		return nil
 	}
 	delete(m.sessions, id)
+	m.tellLockd(ipc.MsgSessionClosed, &ipc.SessionClosed{ID: id})
 	m.forgetIdent(id)
 	close(s.done)
 	if m.perHost[s.src.Addr()]--; m.perHost[s.src.Addr()] <= 0 {

@@ -101,7 +101,11 @@ func (m *master) spawn(p *proc) error {
 		if err != nil && !errors.Is(err, io.EOF) && !m.stopping() {
 			// Unexpected is fatal: a child that breaks the protocol
 			// is not trusted to go on.
-			m.log.Errf("%v (pid %d): %v; killing it", p, cmd.Process.Pid, err)
+			if p.role == ipc.RoleSession && errors.Is(err, ipc.ErrMalformed) {
+				m.breach(p, peer, err.Error())
+			} else {
+				m.log.Errf("%v (pid %d): %v; killing it", p, cmd.Process.Pid, err)
+			}
 			cmd.Process.Kill()
 		}
 		peer.Close()
@@ -271,7 +275,21 @@ func describe(state *os.ProcessState) string {
 func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 	switch v := msg.Payload.(type) {
 	case *ipc.SessionEnd:
-		if p.role == ipc.RoleSession && m.endSession(p, v) {
+		if p.role == ipc.RoleSession {
+			if !m.endSession(p, v) {
+				msg.Close()
+				m.breach(p, pe, fmt.Sprintf("end of session %d, which is not its own", v.ID))
+			}
+			return
+		}
+	case *ipc.SessionAsk:
+		if p.role == ipc.RoleLockd {
+			m.sessionAsk(pe, msg, v)
+			return
+		}
+	case *ipc.Breach:
+		if p.role == ipc.RoleLockd {
+			m.lockdBreach(v)
 			return
 		}
 	case *ipc.SpoofQuery:
@@ -286,6 +304,10 @@ func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 		}
 	}
 	msg.Close()
+	if p.role == ipc.RoleSession {
+		m.breach(p, pe, fmt.Sprintf("unexpected %v", msg.Type))
+		return
+	}
 	m.log.Errf("unexpected %v from %v: killing it", msg.Type, p)
 	m.mu.Lock()
 	if p.peer == pe && p.cmd != nil {

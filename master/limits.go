@@ -54,6 +54,11 @@ func (m *master) identQuery(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.IdentQue
 	case m.lim.identOf[q.ID] != (identKey{}):
 		a.Err = "ident already counted"
 	default:
+		if s.ident == "" && q.Ident != "" {
+			// What lockd checks the session's requests against.
+			s.ident = q.Ident
+			m.registerLocked(q.ID, s)
+		}
 		if m.lim.perIdent == nil {
 			m.lim.perIdent = make(map[identKey]int)
 			m.lim.identOf = make(map[uint64]identKey)
