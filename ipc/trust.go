@@ -73,7 +73,7 @@ func (c *CloseCause) DecodeMsgpack(dec *msgpack.Decoder) error {
 		return err
 	}
 	if !CloseCause(s).Valid() {
-		return fmt.Errorf("%w: unknown close cause %q", ErrMalformed, clipQuote(s))
+		return fmt.Errorf("unknown close cause %q", clipQuote(s))
 	}
 	*c = CloseCause(s)
 	return nil
@@ -122,7 +122,7 @@ func (s *SessionState) DecodeMsgpack(dec *msgpack.Decoder) error {
 		return err
 	}
 	if !SessionState(v).Valid() {
-		return fmt.Errorf("%w: unknown session state %q", ErrMalformed, clipQuote(v))
+		return fmt.Errorf("unknown session state %q", clipQuote(v))
 	}
 	*s = SessionState(v)
 	return nil

@@ -33,6 +33,9 @@ type proc struct {
 	started  time.Time
 	failures int
 	restarts int
+	// breached: the process was killed for breaking the rules (trust.go);
+	// it is restarted without the back-off of a child that fails to run.
+	breached bool
 }
 
 func (p *proc) String() string {
@@ -93,6 +96,7 @@ func (m *master) spawn(p *proc) error {
 
 	m.mu.Lock()
 	p.peer, p.cmd, p.pid, p.ready, p.sessions, p.started = peer, cmd, cmd.Process.Pid, false, 0, time.Now()
+	p.breached = false
 	m.mu.Unlock()
 
 	exited := make(chan struct{})
@@ -215,7 +219,7 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 	lived := time.Since(p.started)
 	lost := m.dropSessionsOf(p)
 	stopping := m.stoppingLocked()
-	if lived >= 10*time.Second {
+	if lived >= 10*time.Second || p.breached {
 		p.failures = 0
 	} else {
 		p.failures++

@@ -101,6 +101,7 @@ func (m *master) breach(p *proc, pe *ipc.Peer, rule string) {
 		return // that process is gone already
 	}
 	m.log.Errf("%v (pid %d) broke the rules: %s: killing it", p, p.pid, logx.Escape(rule))
+	p.breached = true
 	p.cmd.Process.Kill()
 }
 
