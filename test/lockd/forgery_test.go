@@ -327,3 +327,76 @@ func answerSessions(t *testing.T, s *setup, w *stolen, rows []ipc.SessionRow) st
 	}
 }
 
+// rawBytes reports whether s holds a byte the escaping would have written
+// as \xNN (a newline ends each of the lines given).
+func rawBytes(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < 0x20 && c != '\n') || c >= 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// Strings a client or a worker chose reach the log, the status table, the
+// statistics and the action script escaped: no \r, newline, ESC or 8-bit
+// byte of theirs is written as it is.
+func TestWorkerStringsEscaped(t *testing.T) {
+	s := newSetup(t)
+	d := s.start(t, "session_workers 2", "log_helo on", "log_mail_from accepted,rejected",
+		"lock_duration 3600", "lock_on virus", "action_script "+s.script)
+
+	// A client: HELO and MAIL FROM with a bare CR, ESC and 8-bit bytes.
+	c := harness.Dial(t, s.addr())
+	c.Expect(220)
+	c.Send("HELO evil\x1b[31m\rforged\xc3\xa9\r\n")
+	c.Reply()
+	c.Send("MAIL FROM:<a\x1b[2J\xffb@example.com>\r\n")
+	c.Reply()
+	c.Send("QUIT\r\n")
+	c.Reply()
+	c.Close()
+	d.WaitLog(t, regexp.MustCompile(`CLOSE by=`), 10*time.Second)
+
+	// A worker: a status row and a Found with such strings.
+	x := openSession(t, s, d)
+	defer x.c.Close()
+	w := steal(t, d, x.worker)
+	const ident = "bob\r\n\x1b[2Jroot\x00\xfe"
+	const escaped = `bob\x0d\x0a\x1b[2Jroot\x00\xfe`
+	table := answerSessions(t, s, w, []ipc.SessionRow{{ID: x.id, State: ipc.StateHelo, Ident: ident}})
+	if !strings.Contains(table, escaped) || rawBytes(table) {
+		t.Errorf("smtpgatectl sessions:\n%q", table)
+	}
+	a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: "virus", ID: x.id, Client: x.src,
+		Detail: "Virus\x1b[2J\nLOCK 10.0.0.1", Helo: "evil\r\n\x1b]0;title\x07", MailFrom: "a\x1b@b\xff"}).(*ipc.Ack)
+	if a.Err != "" {
+		t.Fatalf("a Found of the worker's own session refused: %s", a.Err)
+	}
+	env := s.waitEnvs(t, 1)[0]
+	if env["HELO"] != `evil\x0d\x0a\x1b]0;title\x07` || env["MAIL_FROM"] != `a\x1b@b\xff` {
+		t.Errorf("action script environment: HELO %q, MAIL_FROM %q", env["HELO"], env["MAIL_FROM"])
+	}
+	syscall.Kill(w.pid, syscall.SIGCONT)
+
+	stats := s.mustCtl(t, "stats")
+	dump := s.mustCtl(t, "dump")
+	for name, text := range map[string]string{"stats": stats, "dump": dump} {
+		if rawBytes(text) {
+			t.Errorf("%s holds raw bytes:\n%q", name, text)
+		}
+	}
+	log := d.Log()
+	if rawBytes(log) {
+		for _, l := range d.LogLines() {
+			if rawBytes(l) {
+				t.Errorf("log line with raw bytes: %q", l)
+			}
+		}
+	}
+	for _, want := range []string{`HELO evil\x1b[31m\x0dforged\xc3\xa9`, `MAIL FROM <a\x1b[2J\xffb@example.com>`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("no %q in the log", want)
+		}
+	}
+}
