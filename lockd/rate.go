@@ -73,9 +73,12 @@ func (s *server) rate(cfg *config.Config, c client, q *ipc.Policy, now time.Time
 			return "", fmt.Errorf("unknown rate-limit counter %q", d.Name)
 		}
 	}
-	fresh := false
-	if _, err := os.Lstat(filepath.Join(cfg.RatelimitPath, c.fileName())); errors.Is(err, os.ErrNotExist) {
-		if s.maxRateFiles > 0 && s.rateFiles.Load() >= s.maxRateFiles {
+	path := filepath.Join(cfg.RatelimitPath, c.fileName())
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		// A new file takes its place in the count first, so that
+		// requests about new clients in parallel cannot pass the bound.
+		if n := s.rateFiles.Add(1); s.maxRateFiles > 0 && n > s.maxRateFiles {
+			s.rateFiles.Add(-1)
 			// No file beyond the bound: a client this new is not
 			// counted. Rate limits per address mean little against
 			// a sender of that many addresses anyway.
@@ -85,7 +88,11 @@ func (s *server) rate(cfg *config.Config, c client, q *ipc.Policy, now time.Time
 			}
 			return "", nil
 		}
-		fresh = true
+		defer func() {
+			if !fileExists(path) { // not made after all
+				s.rateFiles.Add(-1)
+			}
+		}()
 	}
 	r, changed, err := s.loadRecord(cfg, c, now)
 	if err != nil {
@@ -112,9 +119,6 @@ func (s *server) rate(cfg *config.Config, c client, q *ipc.Policy, now time.Time
 	if changed {
 		if err := s.storeRecord(cfg, r); err != nil {
 			return "", err
-		}
-		if fresh {
-			s.rateFiles.Add(1)
 		}
 	}
 	if over != "" {
@@ -159,6 +163,11 @@ func (s *server) sweepRates(cfg *config.Config, now time.Time) {
 		unlock()
 	}
 	s.countRateFiles(cfg)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // countRateFiles counts the records of ratelimit_path, for the bound on

@@ -124,11 +124,19 @@ func (c *claim) mismatch(r *sessRec) string {
 func (s *server) verify(c *claim) (*sessRec, error) {
 	s.sess.mu.Lock()
 	r, ok := s.sess.m[c.id]
-	if ok && c.mismatch(r) == "" {
-		s.sess.mu.Unlock()
-		return r, nil
+	rule := ""
+	if ok {
+		rule = c.mismatch(r)
 	}
 	s.sess.mu.Unlock()
+	switch {
+	case ok && rule == "":
+		return r, nil
+	case s.master == nil && ok: // no master to ask (tests)
+		return nil, &breachError{rule}
+	case s.master == nil:
+		return nil, errUnknownSession
+	}
 	info, err := s.askMaster(c.id)
 	if err != nil {
 		return nil, fmt.Errorf("%w (master: %v)", errUnknownSession, err)
@@ -138,7 +146,7 @@ func (s *server) verify(c *claim) (*sessRec, error) {
 	}
 	s.sess.mu.Lock()
 	r = s.sess.putLocked(c.id, info.Worker, info.Client, info.Local, info.Ident)
-	rule := c.mismatch(r)
+	rule = c.mismatch(r)
 	s.sess.mu.Unlock()
 	if rule != "" {
 		return nil, &breachError{rule}
@@ -148,9 +156,6 @@ func (s *server) verify(c *claim) (*sessRec, error) {
 
 // askMaster asks master for its record of session id.
 func (s *server) askMaster(id uint64) (*ipc.SessionInfo, error) {
-	if s.master == nil {
-		return &ipc.SessionInfo{}, nil
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), askTimeout)
 	defer cancel()
 	m, err := s.master.Call(ctx, ipc.MsgSessionAsk, &ipc.SessionAsk{ID: id}, ipc.MsgSessionInfo)
