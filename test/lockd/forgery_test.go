@@ -1,3 +1,5 @@
+//go:build linux
+
 package lockd
 
 import (
@@ -255,6 +257,10 @@ func TestWorkerForgeries(t *testing.T) {
 		{"end of another worker's session", func(t *testing.T, w *stolen, y *liveSession) string {
 			w.master.Send(ipc.MsgSessionEnd, 1, false, &ipc.SessionEnd{ID: x.id, By: ipc.CloseQuit})
 			return fmt.Sprintf(`end of session %d, which is not its own`, x.id)
+		}},
+		{"ident of another worker's session", func(t *testing.T, w *stolen, y *liveSession) string {
+			w.master.Send(ipc.MsgIdentQuery, 1, false, &ipc.IdentQuery{ID: x.id, Ident: "root"})
+			return fmt.Sprintf(`ident of session %d, which is session %d's`, x.id, x.worker)
 		}},
 		{"another worker's status rows", func(t *testing.T, w *stolen, y *liveSession) string {
 			answerSessions(t, s, w, []ipc.SessionRow{{ID: x.id, State: ipc.StateData}})
