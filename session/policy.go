@@ -143,6 +143,8 @@ func (w *worker) countIdent(c *conn) bool {
 	return true
 }
 
+// earlyReject refuses a session before any greeting, as master refuses
+// the connections it does not admit: one reply, FIN, drain, close.
 func earlyReject(c *conn, by ipc.CloseCause, code int, text string) bool {
 	c.by = by
 	c.reply(code, text)
