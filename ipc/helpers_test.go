@@ -58,13 +58,19 @@ func samples() map[Type]any {
 			IdentCount: 2, Detail: "Eicar-Test-Signature", SpamScore: 1002.3, Helo: "client.example",
 			MailFrom: "a@example.com", Rcpts: 3, Size: 1 << 34, Transaction: 2, Auth: 5,
 			Spool: "/var/spool/smtp-gated/msg/1700000000.7", Start: 1700000000},
-		MsgIdentQuery:   &IdentQuery{ID: 1<<39 + 3, Ident: "carol"},
-		MsgIdentAnswer:  &IdentAnswer{Count: 5, Over: true, Err: "no such session"},
-		MsgLockdCtl:     &LockdCtl{Command: "ratelimit", Args: []string{"set", "192.0.2.1", "connections=5"}, UID: 1000},
-		MsgLockdReply:   &CtlReply{Code: 5, Text: "192.0.2.1: not locked\n"},
-		MsgPing:         &Ping{},
-		MsgPong:         &Pong{},
-		MsgSessionTaken: &SessionTaken{ID: 1<<39 + 4},
+		MsgIdentQuery:  &IdentQuery{ID: 1<<39 + 3, Ident: "carol"},
+		MsgIdentAnswer: &IdentAnswer{Count: 5, Over: true, Err: "no such session"},
+		MsgLockdCtl:    &LockdCtl{Command: "ratelimit", Args: []string{"set", "192.0.2.1", "connections=5"}, UID: 1000},
+		MsgLockdReply:  &CtlReply{Code: 5, Text: "192.0.2.1: not locked\n"},
+
+		MsgSessionOpen:   &SessionOpen{ID: 1<<40 + 9, Worker: 3, Client: v6, Local: v4b, Ident: "dave"},
+		MsgSessionClosed: &SessionClosed{ID: 1<<40 + 10},
+		MsgSessionAsk:    &SessionAsk{ID: 1<<40 + 11},
+		MsgSessionInfo:   &SessionInfo{Known: true, Worker: 2, Client: v4, Local: v6, Ident: "erin"},
+		MsgBreach:        &Breach{Worker: 1, ID: 1<<40 + 12, Rule: "found for a client not the session's"},
+		MsgPing:          &Ping{},
+		MsgPong:          &Pong{},
+		MsgSessionTaken:  &SessionTaken{ID: 1<<39 + 4},
 	}
 }
 

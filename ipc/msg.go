@@ -130,6 +130,24 @@ const (
 	// master passes on to smtpgatectl.
 	MsgLockdReply Type = 56
 
+	// What master knows of a session, for lockd, which acts only for
+	// sessions master registered to the worker that asks (trust.go).
+
+	// master → lockd, SessionOpen, no fd. One way: session ID was handed
+	// to a worker; sent again when master learns the session's ident.
+	MsgSessionOpen Type = 57
+	// master → lockd, SessionClosed, no fd. One way: session ID is over.
+	MsgSessionClosed Type = 58
+	// lockd → master, SessionAsk, no fd; reply MsgSessionInfo: master's
+	// record of a session lockd does not know, or that a worker's request
+	// disagrees with.
+	MsgSessionAsk Type = 59
+	// master → lockd, SessionInfo, no fd; the reply to MsgSessionAsk.
+	MsgSessionInfo Type = 60
+	// lockd → master, Breach, no fd. One way: a session worker broke the
+	// rules; master kills and restarts it.
+	MsgBreach Type = 61
+
 	// Session workers' health and the hand-off of sessions.
 
 	// master → session, Ping, no fd; reply MsgPong. Sent every second: a
@@ -191,9 +209,14 @@ var catalogue = map[Type]spec{
 	MsgLockdCtl:     {"LOCKD_CTL", 0, func() any { return new(LockdCtl) }},
 	MsgLockdReply:   {"LOCKD_REPLY", 0, func() any { return new(CtlReply) }},
 
-	MsgPing:         {"PING", 0, func() any { return new(Ping) }},
-	MsgPong:         {"PONG", 0, func() any { return new(Pong) }},
-	MsgSessionTaken: {"SESSION_TAKEN", 0, func() any { return new(SessionTaken) }},
+	MsgSessionOpen:   {"SESSION_OPEN", 0, func() any { return new(SessionOpen) }},
+	MsgSessionClosed: {"SESSION_CLOSED", 0, func() any { return new(SessionClosed) }},
+	MsgSessionAsk:    {"SESSION_ASK", 0, func() any { return new(SessionAsk) }},
+	MsgSessionInfo:   {"SESSION_INFO", 0, func() any { return new(SessionInfo) }},
+	MsgBreach:        {"BREACH", 0, func() any { return new(Breach) }},
+	MsgPing:          {"PING", 0, func() any { return new(Ping) }},
+	MsgPong:          {"PONG", 0, func() any { return new(Pong) }},
+	MsgSessionTaken:  {"SESSION_TAKEN", 0, func() any { return new(SessionTaken) }},
 }
 
 func (t Type) String() string {
@@ -270,12 +293,12 @@ type NewSession struct {
 type SessionEnd struct {
 	ID uint64 `msgpack:"id"`
 	// By is the cause, as in the CLOSE log line (client, server, idle, ...).
-	By        string `msgpack:"by"`
-	ClientRx  uint64 `msgpack:"client_rx"`
-	ServerRx  uint64 `msgpack:"server_rx"`
-	Direct    bool   `msgpack:"direct"`
-	Empty     bool   `msgpack:"empty"`
-	Transacts int    `msgpack:"transactions"`
+	By        CloseCause `msgpack:"by"`
+	ClientRx  uint64     `msgpack:"client_rx"`
+	ServerRx  uint64     `msgpack:"server_rx"`
+	Direct    bool       `msgpack:"direct"`
+	Empty     bool       `msgpack:"empty"`
+	Transacts int        `msgpack:"transactions"`
 }
 
 // SessionsQuery asks a session worker for its live sessions. IDs, when
@@ -288,7 +311,7 @@ type SessionsQuery struct {
 // table.
 type SessionRow struct {
 	ID     uint64         `msgpack:"id"`
-	State  string         `msgpack:"state"`
+	State  SessionState   `msgpack:"state"`
 	Target netip.AddrPort `msgpack:"target"`
 	Ident  string         `msgpack:"ident"`
 	// Transaction is the number of the current transaction (MAIL FROM

@@ -205,14 +205,7 @@ func scriptEnv(cfg *config.Config, f *ipc.Found, lockFile string) []string {
 	return env
 }
 
-// envSafe replaces the control characters a client could have put into
-// HELO or MAIL FROM: a NUL would make the environment invalid, the others
-// are no business of a shell script.
-func envSafe(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, s)
-}
+// envSafe escapes (logx.Escape) the bytes a client or a session worker
+// could have put into HELO, MAIL FROM or a detail: a NUL would make the
+// environment invalid, the others are no business of a shell script.
+func envSafe(s string) string { return logx.Escape(s) }

@@ -24,7 +24,12 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 			}
 		}
 	case *ipc.PeerLink:
-		s.env.ServeSessionLink(m, v, s.fromSession, nil)
+		worker := v.Index
+		s.env.ServeSessionLink(m, v, func(p *ipc.Peer, m *ipc.Msg) { s.fromSession(worker, p, m) }, nil)
+	case *ipc.SessionOpen:
+		s.sess.open(v)
+	case *ipc.SessionClosed:
+		s.sess.close(v.ID)
 	case *ipc.Found:
 		go func() {
 			ack := &ipc.Ack{}
@@ -52,18 +57,26 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 // clients go on in parallel, those about one client one at a time
 // (keyLocks). A worker waits for each answer before it asks again for the
 // same session, so its requests keep their order.
-func (s *server) fromSession(p *ipc.Peer, m *ipc.Msg) {
+func (s *server) fromSession(worker int, p *ipc.Peer, m *ipc.Msg) {
 	switch v := m.Payload.(type) {
 	case *ipc.Policy:
 		go func() {
-			if err := p.Reply(m, ipc.MsgPolicyAnswer, s.policy(v)); err != nil {
+			var a *ipc.PolicyAnswer
+			if r, err := s.checkPolicy(worker, v); err != nil {
+				a = &ipc.PolicyAnswer{Err: s.refusal(worker, v.ID, err)}
+			} else if a = s.policy(v); a.Err == "" && !a.Locked && a.Over == "" {
+				s.took(r, v.Take)
+			}
+			if err := p.Reply(m, ipc.MsgPolicyAnswer, a); err != nil {
 				s.log.Errf("[%d] reply to %s: %v", v.ID, p.Name, err)
 			}
 		}()
 	case *ipc.Found:
 		go func() {
 			ack := &ipc.Ack{}
-			if err := s.found(v); err != nil {
+			if err := s.checkFound(worker, v); err != nil {
+				ack.Err = s.refusal(worker, v.ID, err)
+			} else if err := s.found(v); err != nil {
 				ack.Err = err.Error()
 			}
 			if err := p.Reply(m, ipc.MsgAck, ack); err != nil {

@@ -34,11 +34,17 @@ type server struct {
 	uid    int // lockd's user: lock files of other users are an administrator's
 	keys   keyLocks
 	script *scriptRunner
+
+	master       *ipc.Peer // nil in tests without a master
+	sess         sessions  // the sessions master registered (trust.go)
+	maxRateFiles int64
+	rateFiles    atomic.Int64 // files in ratelimit_path, as counted
+	rateFull     atomic.Int64 // unix time the bound was last logged
 }
 
 // Run serves until master closes the link.
 func Run(env *child.Env) error {
-	s := &server{env: env, log: env.Log, script: newScriptRunner(env.Log)}
+	s := &server{env: env, log: env.Log, script: newScriptRunner(env.Log), maxRateFiles: defaultMaxRateFiles}
 	s.cfg.Store(env.Cfg)
 	// The directories are made while lockd is still root, for set_user.
 	makeDirs(env.Cfg, env.Log)
@@ -56,6 +62,7 @@ func Run(env *child.Env) error {
 	s.checkDirs(env.Cfg)
 	go s.sweeper()
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
+	s.master = master
 	env.LinkEnded(master.Run())
 	return nil
 }
@@ -117,6 +124,9 @@ func (s *server) checkDirs(cfg *config.Config) {
 	}
 	if rating(cfg) && unix.Access(cfg.RatelimitPath, unix.W_OK|unix.X_OK) != nil {
 		s.log.Errf("ratelimit_path %s: not writable by this user (uid %d): sessions will be refused (4xx)", cfg.RatelimitPath, s.uid)
+	}
+	if rating(cfg) {
+		s.countRateFiles(cfg)
 	}
 	far := time.Now().Add(time.Hour)
 	for _, dir := range []string{cfg.LockPath, cfg.RatelimitPath} {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 )
 
 // A lock is a file <lock_path>/<client file name> (see client.fileName)
@@ -225,7 +226,7 @@ func (s *server) makeLock(cfg *config.Config, c client, cause string, until time
 }
 
 func lockContent(cause string, until time.Time, forever bool) []byte {
-	b := []byte(cause + "\n")
+	b := []byte(logx.Escape(cause) + "\n")
 	switch {
 	case forever:
 		b = append(b, "until forever\n"...)

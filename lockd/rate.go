@@ -73,6 +73,27 @@ func (s *server) rate(cfg *config.Config, c client, q *ipc.Policy, now time.Time
 			return "", fmt.Errorf("unknown rate-limit counter %q", d.Name)
 		}
 	}
+	path := filepath.Join(cfg.RatelimitPath, c.fileName())
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		// A new file takes its place in the count first, so that
+		// requests about new clients in parallel cannot pass the bound.
+		if n := s.rateFiles.Add(1); s.maxRateFiles > 0 && n > s.maxRateFiles {
+			s.rateFiles.Add(-1)
+			// No file beyond the bound: a client this new is not
+			// counted. Rate limits per address mean little against
+			// a sender of that many addresses anyway.
+			if last := s.rateFull.Load(); now.Unix()-last >= 60 && s.rateFull.CompareAndSwap(last, now.Unix()) {
+				s.log.Warningf("ratelimit_path %s holds %d files, the most lockd makes: %v and other new clients are not counted",
+					cfg.RatelimitPath, s.rateFiles.Load(), c)
+			}
+			return "", nil
+		}
+		defer func() {
+			if !fileExists(path) { // not made after all
+				s.rateFiles.Add(-1)
+			}
+		}()
+	}
 	r, changed, err := s.loadRecord(cfg, c, now)
 	if err != nil {
 		return "", err
@@ -141,4 +162,26 @@ func (s *server) sweepRates(cfg *config.Config, now time.Time) {
 		}
 		unlock()
 	}
+	s.countRateFiles(cfg)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+// countRateFiles counts the records of ratelimit_path, for the bound on
+// their number.
+func (s *server) countRateFiles(cfg *config.Config) {
+	ents, err := os.ReadDir(cfg.RatelimitPath)
+	if err != nil {
+		return
+	}
+	n := int64(0)
+	for _, e := range ents {
+		if _, ok := parseFileName(e.Name()); ok {
+			n++
+		}
+	}
+	s.rateFiles.Store(n)
 }

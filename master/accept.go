@@ -127,7 +127,7 @@ func (m *master) admit(c *net.TCPConn) {
 	if w != nil {
 		total++
 		host++
-		s := &session{src: src, start: time.Now(), done: make(chan struct{}), conn: c,
+		s := &session{src: src, local: local, start: time.Now(), done: make(chan struct{}), conn: c,
 			ns: &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
 				Count: total, HostCount: host}}
 		m.sessions[id] = s
@@ -169,6 +169,7 @@ func (m *master) forget(id uint64) *session {
 		return nil
 	}
 	delete(m.sessions, id)
+	m.tellLockd(ipc.MsgSessionClosed, &ipc.SessionClosed{ID: id})
 	m.forgetIdent(id)
 	close(s.done)
 	if s.conn != nil {

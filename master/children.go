@@ -42,6 +42,10 @@ type proc struct {
 	// lastPong is when the session worker last answered the heartbeat
 	// (unix nanoseconds; its start counts as an answer).
 	lastPong atomic.Int64
+
+	// breached: the process was killed for breaking the rules (trust.go);
+	// it is restarted without the back-off of a child that fails to run.
+	breached bool
 }
 
 func (p *proc) String() string {
@@ -107,6 +111,7 @@ func (m *master) spawn(p *proc) error {
 	m.mu.Lock()
 	p.peer, p.cmd, p.pid, p.ready, p.sessions, p.started = peer, cmd, cmd.Process.Pid, false, 0, time.Now()
 	p.link, p.untaken = l, 0
+	p.breached = false
 	m.mu.Unlock()
 
 	exited := make(chan struct{})
@@ -117,7 +122,11 @@ func (m *master) spawn(p *proc) error {
 		if err != nil && !errors.Is(err, io.EOF) && !m.stopping() {
 			// Unexpected is fatal: a child that breaks the protocol
 			// is not trusted to go on.
-			m.log.Errf("%v (pid %d): %v; killing it", p, cmd.Process.Pid, err)
+			if p.role == ipc.RoleSession && errors.Is(err, ipc.ErrMalformed) {
+				m.breach(p, peer, err.Error())
+			} else {
+				m.log.Errf("%v (pid %d): %v; killing it", p, cmd.Process.Pid, err)
+			}
 			cmd.Process.Kill()
 		}
 		peer.Close()
@@ -244,7 +253,7 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 	}
 	lost := m.dropSessionsOf(p)
 	stopping := m.stoppingLocked()
-	if lived >= 10*time.Second {
+	if lived >= 10*time.Second || p.breached {
 		p.failures = 0
 	} else {
 		p.failures++
@@ -307,7 +316,21 @@ func describe(state *os.ProcessState) string {
 func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 	switch v := msg.Payload.(type) {
 	case *ipc.SessionEnd:
-		if p.role == ipc.RoleSession && m.endSession(p, v) {
+		if p.role == ipc.RoleSession {
+			if !m.endSession(p, v) {
+				msg.Close()
+				m.breach(p, pe, fmt.Sprintf("end of session %d, which is not its own", v.ID))
+			}
+			return
+		}
+	case *ipc.SessionAsk:
+		if p.role == ipc.RoleLockd {
+			m.sessionAsk(pe, msg, v)
+			return
+		}
+	case *ipc.Breach:
+		if p.role == ipc.RoleLockd {
+			m.lockdBreach(v)
 			return
 		}
 	case *ipc.SessionTaken:
@@ -326,6 +349,10 @@ func (m *master) fromChild(p *proc, pe *ipc.Peer, msg *ipc.Msg) {
 		}
 	}
 	msg.Close()
+	if p.role == ipc.RoleSession {
+		m.breach(p, pe, fmt.Sprintf("unexpected %v", msg.Type))
+		return
+	}
 	m.log.Errf("unexpected %v from %v: killing it", msg.Type, p)
 	m.mu.Lock()
 	if p.peer == pe && p.cmd != nil {

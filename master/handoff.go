@@ -72,12 +72,14 @@ func (m *master) pickWorker(not *proc) *proc {
 	return nil
 }
 
-// enqueue books session s (id) as worker w's and puts it in w's queue.
+// enqueue books session s (id) as worker w's, tells lockd so, and puts it
+// in w's queue.
 // The caller found room in it with pickWorker, under the same hold of
 // m.mu, and only enqueue adds to a queue: the send does not wait.
 // Called with m.mu held.
 func (m *master) enqueue(w *proc, id uint64, s *session) {
 	s.worker = w
+	m.registerLocked(id, s)
 	w.sessions++
 	w.untaken++
 	w.link.queue <- id

@@ -2,6 +2,7 @@ package master
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"net"
 	"net/netip"
@@ -48,12 +49,23 @@ func (m *master) identQuery(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.IdentQue
 	a := &ipc.IdentAnswer{}
 	m.mu.Lock()
 	s, ok := m.sessions[q.ID]
+	if ok && s.worker != p {
+		m.mu.Unlock()
+		msg.Close()
+		m.breach(p, pe, fmt.Sprintf("ident of session %d, which is %v's", q.ID, s.worker))
+		return
+	}
 	switch {
-	case !ok || s.worker != p:
+	case !ok:
 		a.Err = "no such session"
 	case m.lim.identOf[q.ID] != (identKey{}):
 		a.Err = "ident already counted"
 	default:
+		if s.ident == "" && q.Ident != "" {
+			// What lockd checks the session's requests against.
+			s.ident = q.Ident
+			m.registerLocked(q.ID, s)
+		}
 		if m.lim.perIdent == nil {
 			m.lim.perIdent = make(map[identKey]int)
 			m.lim.identOf = make(map[uint64]identKey)

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
@@ -100,10 +101,18 @@ func TestMaxPerIdent(t *testing.T) {
 	if a := askIdent(t, p1, 11, "alice"); a.Over || a.Count != 1 {
 		t.Errorf("another address: %+v", a)
 	}
-	// A session of the other worker, an unknown session, twice the same.
-	if a := askIdent(t, p1, 12, "bob"); a.Err == "" {
-		t.Errorf("asked for another worker's session: %+v", a)
+	// A session of the other worker (a breach: no answer, the worker
+	// is killed), an unknown session, twice the same.
+	ctx, cancel := contextTimeout(300 * time.Millisecond)
+	if r, err := p1.Call(ctx, ipc.MsgIdentQuery, &ipc.IdentQuery{ID: 12, Ident: "bob"}, ipc.MsgIdentAnswer); err == nil {
+		t.Errorf("asked for another worker's session: %+v", r.Payload)
 	}
+	cancel()
+	m.mu.Lock()
+	if m.lim.identOf[12] != (identKey{}) || m.sessions[12].ident != "" {
+		t.Errorf("another worker's session got an ident")
+	}
+	m.mu.Unlock()
 	if a := askIdent(t, p1, 99, "bob"); a.Err == "" {
 		t.Errorf("unknown session: %+v", a)
 	}

@@ -46,6 +46,8 @@ type Options struct {
 type session struct {
 	worker *proc
 	src    netip.AddrPort
+	local  netip.AddrPort
+	ident  string // as the worker told it (IdentQuery), once
 	start  time.Time
 	done   chan struct{} // closed when the session is forgotten
 	// conn is master's copy of the client socket and ns the hand-off
@@ -95,6 +97,7 @@ type master struct {
 	count        counters
 	ops          opsState
 	lim          limits // max_per_ident, max_load (limits.go)
+	reg          registrar
 
 	quit     chan struct{} // closed when the daemon stops
 	stopOnce sync.Once
@@ -197,6 +200,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 		m.stopChildren(5 * time.Second)
 		return err
 	}
+	m.startRegistrar()
 	go m.acceptLoop()
 	go m.serveControl()
 

@@ -46,7 +46,7 @@ func (m *master) countClose(by string) {
 
 // countEnd books a session a worker reports ended. Called with m.mu held.
 func (m *master) countEnd(e *ipc.SessionEnd) {
-	m.countClose(e.By)
+	m.countClose(string(e.By))
 	m.ops.clientBytes += e.ClientRx
 	m.ops.serverBytes += e.ServerRx
 }
@@ -99,8 +99,13 @@ func (m *master) liveSessions() []liveRow {
 			m.log.Warningf("status: %v did not list its sessions: %v", a.p, a.err)
 			continue
 		}
+		rows, err := m.ownRows(a.p, a.rows)
+		if err != nil {
+			m.breach(a.p, nil, err.Error())
+			continue
+		}
 		answered[a.p] = true
-		for _, r := range a.rows {
+		for _, r := range rows {
 			reported[r.ID] = r
 		}
 	}
@@ -114,7 +119,7 @@ func (m *master) liveSessions() []liveRow {
 			if answered[s.worker] {
 				continue
 			}
-			r = ipc.SessionRow{ID: id, State: "?"}
+			r = ipc.SessionRow{ID: id, State: ipc.StateUnknown}
 		}
 		rows = append(rows, liveRow{SessionRow: r, Src: s.src, Start: s.start, Worker: s.worker.String(), Pid: s.worker.pid})
 	}

@@ -25,12 +25,8 @@ func (m *master) spoof(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.SpoofQuery) {
 	valid := ok && s.worker == p && s.src == q.Client && cfg.Spoofs(q.Client.Addr())
 	m.mu.Unlock()
 	if !valid {
-		m.log.Errf("%v asked for a socket bound to %v for session %d, which is not its client's: killing it", p, q.Client, q.ID)
-		m.mu.Lock()
-		if p.peer == pe && p.cmd != nil {
-			p.cmd.Process.Kill()
-		}
-		m.mu.Unlock()
+		msg.Close()
+		m.breach(p, pe, fmt.Sprintf("asked for a socket bound to %v for session %d, which is not its client's", q.Client, q.ID))
 		return
 	}
 	fd, err := spoofSocket(q.Client)

@@ -19,6 +19,7 @@ import (
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
+	"smtp-gated/ipc"
 )
 
 // The SMTP engine of one session. The client's commands are read on the
@@ -152,7 +153,7 @@ func (e *engine) reply(code int, enhanced, text string) []byte {
 }
 
 // setBy records what ended the session; the first cause wins.
-func (e *engine) setBy(by string) {
+func (e *engine) setBy(by ipc.CloseCause) {
 	e.mu.Lock()
 	if !e.ended {
 		e.ended = true

@@ -312,7 +312,7 @@ func engineProxy(t testing.TB, fc *fuzzCase, p *fakePeers, cli, srv *net.TCPConn
 			panic(err)
 		}
 		fuzzSpool.dir = dir
-		fuzzSpool.s = openSpool(dir, 0o600, -1, -1)
+		fuzzSpool.s = prepareSpool(dir, 0o600, -1, -1)
 	})
 	cfg := fuzzConfig(fc.flags, fc.noHeader)
 	w := &worker{log: fuzzLog, spool: fuzzSpool.s}

@@ -85,11 +85,16 @@ func (w *worker) askLockd(ctx context.Context, q *ipc.Policy) (*ipc.PolicyAnswer
 }
 
 // admitSession applies, once the destination and the ident are known,
-// the limits kept outside the worker: the client's lock, its connections
-// rate limit (lockd), max_per_ident (master). A refused session gets its
-// early reject and false; the caller ends it.
+// the limits kept outside the worker: max_per_ident (master), then the
+// client's lock and its connections rate limit (lockd). Master hears of
+// the ident first: lockd serves a session's requests only with the
+// client and ident master knows. A refused session gets its early
+// reject and false; the caller ends it.
 func (w *worker) admitSession(c *conn) bool {
 	cfg := c.cfg
+	if c.ident != "" && !w.countIdent(c) {
+		return false
+	}
 	if locking(cfg) || rating(cfg) {
 		q := &ipc.Policy{ID: c.id, Client: c.src, Ident: c.ident, Lock: locking(cfg)}
 		if rating(cfg) {
@@ -109,9 +114,14 @@ func (w *worker) admitSession(c *conn) bool {
 			return earlyReject(c, "ratelimit", 554, cfg.MsgRatelimitHelo)
 		}
 	}
-	if c.ident == "" {
-		return true
-	}
+	return true
+}
+
+// countIdent tells master the session's ident, which counts it for
+// max_per_ident. A session over the limit gets its early reject and
+// false.
+func (w *worker) countIdent(c *conn) bool {
+	cfg := c.cfg
 	ctx, cancel := context.WithTimeout(c.ctx, lockdTimeout)
 	defer cancel()
 	m, err := w.master.Call(ctx, ipc.MsgIdentQuery, &ipc.IdentQuery{ID: c.id, Ident: c.ident}, ipc.MsgIdentAnswer)
@@ -135,7 +145,7 @@ func (w *worker) admitSession(c *conn) bool {
 
 // earlyReject refuses a session before any greeting, as master refuses
 // the connections it does not admit: one reply, FIN, drain, close.
-func earlyReject(c *conn, by string, code int, text string) bool {
+func earlyReject(c *conn, by ipc.CloseCause, code int, text string) bool {
 	c.by = by
 	c.reply(code, text)
 	hangUp(c.client)

@@ -87,7 +87,7 @@ func TestAdmitSession(t *testing.T) {
 		answer ipc.PolicyAnswer
 		admit  bool
 		reply  string
-		by     string
+		by     ipc.CloseCause
 	}{
 		{"clean", ipc.PolicyAnswer{}, true, "", ""},
 		{"locked", ipc.PolicyAnswer{Locked: true, Cause: "virus"}, false, "554 gw locked out\r\n", "lock"},

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"smtp-gated/ipc"
 )
 
 // relayBuf is the buffer one read borrows from the pool.
@@ -30,7 +32,7 @@ var errIdle = errors.New("idle")
 // relay copies both ways until one side closes or nothing moves for idle.
 // It returns the CLOSE cause (client, server, idle) and the bytes received
 // from each side.
-func relay(client, server *net.TCPConn, idle time.Duration) (by string, cliRx, srvRx uint64) {
+func relay(client, server *net.TCPConn, idle time.Duration) (by ipc.CloseCause, cliRx, srvRx uint64) {
 	var fromClient, fromServer atomic.Uint64
 	by = relayInto(client, server, idle, &fromClient, &fromServer)
 	return by, fromClient.Load(), fromServer.Load()
@@ -39,7 +41,7 @@ func relay(client, server *net.TCPConn, idle time.Duration) (by string, cliRx, s
 // relayInto is relay adding the bytes received from each side to
 // fromClient and fromServer as they move, where the status query sees
 // them. It returns the CLOSE cause.
-func relayInto(client, server *net.TCPConn, idle time.Duration, fromClient, fromServer *atomic.Uint64) (by string) {
+func relayInto(client, server *net.TCPConn, idle time.Duration, fromClient, fromServer *atomic.Uint64) (by ipc.CloseCause) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	type end struct {
@@ -55,14 +57,14 @@ func relayInto(client, server *net.TCPConn, idle time.Duration, fromClient, from
 	client.Close()
 	server.Close()
 	<-done
-	by = first.side
+	by = ipc.CloseCause(first.side)
 	var we writeError
 	switch {
 	case errors.Is(first.err, errIdle):
 		by = "idle"
 	case errors.As(first.err, &we):
 		// Writing failed: it is the other side that went away.
-		by = map[string]string{"client": "server", "server": "client"}[first.side]
+		by = map[string]ipc.CloseCause{"client": ipc.CloseServer, "server": ipc.CloseClient}[first.side]
 	}
 	return by
 }

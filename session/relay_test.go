@@ -41,7 +41,7 @@ func startRelay(t *testing.T, idle time.Duration) (client, server *net.TCPConn, 
 	done = make(chan relayed, 1)
 	go func() {
 		by, c, s := relay(proxyC, proxyS, idle)
-		done <- relayed{by, c, s}
+		done <- relayed{string(by), c, s}
 	}()
 	return client, server, done
 }

@@ -26,7 +26,7 @@ type conn struct {
 	ident  string
 	start  time.Time
 
-	by     string
+	by     ipc.CloseCause
 	direct bool
 	rcpts  int
 	pol    policy // locks, rate limits, max_per_ident (policy.go)
@@ -139,7 +139,7 @@ func (c *conn) reply(code int, text string) {
 
 // destination decides where the session goes. On failure it returns the
 // text for the client and the CLOSE cause.
-func (w *worker) destination(c *conn) (msg, by string) {
+func (w *worker) destination(c *conn) (msg string, by ipc.CloseCause) {
 	cfg := c.cfg
 	switch cfg.Mode {
 	case config.ModeFixed, config.ModeFixedXclient:

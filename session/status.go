@@ -31,15 +31,19 @@ const (
 	stSpf                   // asking SPF about MAIL FROM
 )
 
-var stateNames = [...]string{"start", "ident", "connect", "pre", "helo", "data", "scan",
-	"post", "rset", "quit", "direct", "takeover", "dnsdb", "spf"}
+var stateNames = [...]ipc.SessionState{ipc.StateStart, ipc.StateIdent, ipc.StateConnect, ipc.StatePre,
+	ipc.StateHelo, ipc.StateData, ipc.StateScan, ipc.StatePost, ipc.StateRset, ipc.StateQuit,
+	ipc.StateDirect, ipc.StateTakeover, ipc.StateDnsdb, ipc.StateSpf}
 
-func (s state) String() string {
+// wire is the state as the catalogue names it.
+func (s state) wire() ipc.SessionState {
 	if int(s) < len(stateNames) {
 		return stateNames[s]
 	}
-	return "?"
+	return ipc.StateStart
 }
+
+func (s state) String() string { return string(s.wire()) }
 
 // live is the part of a conn that other goroutines read while the
 // session runs: the status query and kill, on the worker's link to
@@ -78,7 +82,7 @@ func (c *conn) row() ipc.SessionRow {
 	target, ident := c.target, c.ident
 	c.mu.Unlock()
 	return ipc.SessionRow{
-		ID: c.id, State: state(c.state.Load()).String(), Target: target, Ident: ident,
+		ID: c.id, State: state(c.state.Load()).wire(), Target: target, Ident: ident,
 		Transaction: int(c.trns.Load()), Auth: int(c.authFlag.Load()),
 		ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
 	}

@@ -85,7 +85,7 @@ func TestRelayIntoCountsLive(t *testing.T) {
 	proxyS, server := tcpPair(t)
 	var cli, srv atomicCounters
 	done := make(chan string, 1)
-	go func() { done <- relayInto(proxyC, proxyS, 5*time.Second, &cli.a, &srv.a) }()
+	go func() { done <- string(relayInto(proxyC, proxyS, 5*time.Second, &cli.a, &srv.a)) }()
 	client.Write(make([]byte, 3000))
 	if _, err := io.ReadFull(server, make([]byte, 3000)); err != nil {
 		t.Fatal(err)

@@ -140,7 +140,8 @@ func (l *Logger) logf(level int, format string, a ...any) {
 	}
 	o := l.out
 	msg := l.prefix + fmt.Sprintf(format, a...)
-	msg = strings.ReplaceAll(strings.TrimRight(msg, "\n"), "\n", " ")
+	// One call is one line, whatever the arguments hold (Escape).
+	msg = Escape(strings.TrimRight(msg, "\n"))
 	if o.sys != nil {
 		switch level {
 		case Emerg:

@@ -26,7 +26,7 @@ func TestJournal(t *testing.T) {
 	l.out.stderr = &b
 	l.With("master: ").Warningf("two\nlines")
 	l.Debugf("not at level info")
-	if got, want := b.String(), fmt.Sprintf("<4>smtp-gated[%d]: warning: master: two lines\n", syscall.Getpid()); got != want {
+	if got, want := b.String(), fmt.Sprintf("<4>smtp-gated[%d]: warning: master: two\\x0alines\n", syscall.Getpid()); got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 
