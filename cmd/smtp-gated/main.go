@@ -339,8 +339,11 @@ func printStatus(cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtp-gated: statefile is not set\n")
 		return 1
 	}
-	if cfg.ControlSocket != "" {
-		r, err := ipc.Control(cfg.ControlSocket, "dump", nil)
+	// A control socket that is not set may not exist (the daemon runs
+	// without one when it cannot make it): then USR1.
+	path, set := cfg.ControlSocketPath()
+	if _, err := os.Stat(path); path != "" && (set || err == nil) {
+		r, err := ipc.Control(path, "dump", nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
 			return 1
