@@ -80,11 +80,12 @@ func main() {
 // cmdline is the command line: at most one mode flag, -f or -D, and the
 // configuration file, in any order.
 type cmdline struct {
-	mode  string // "h", "v", "V", "t", "T", "C", "K", "r", "s", "S", "L"; "" runs the daemon
-	arg   string // of -C and -L
-	debug int64  // -D; -f is 4 (1.4's "single" bit)
-	path  string
-	role  string // -child
+	mode     string // "h", "v", "V", "t", "T", "C", "K", "r", "s", "S", "L"; "" runs the daemon
+	arg      string // of -C and -L
+	debug    int64  // -D; -f is 4 (1.4's "single" bit)
+	debugSet bool   // -D was given
+	path     string
+	role     string // -child
 }
 
 // parseArgs reads the command line as 1.4 did: each argument is one flag
@@ -136,7 +137,7 @@ func parseArgs(args []string) (*cmdline, int, error) {
 			if err != nil {
 				return nil, exitFail, fmt.Errorf("-D %q: not a number", v)
 			}
-			c.debug = n
+			c.debug, c.debugSet = n, true
 		case "-child", "--child":
 			v, err := needArg()
 			if err != nil {
@@ -166,7 +167,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if c.role != "" {
 		return runChild(c.role, stderr)
 	}
-	if c.debug != 0 {
+	if c.debugSet && c.debug != 0 {
+		// As 1.4, but not for -f alone: under a service manager the
+		// line would be a log line without a level.
 		fmt.Fprintf(stderr, "Foreground level: 0x%02x\n", c.debug)
 	}
 	path := c.path

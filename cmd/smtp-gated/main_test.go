@@ -120,6 +120,9 @@ func TestExitStatus(t *testing.T) {
 	if _, _, errs := runCmd(t, "-D", "6", "-S", p); !strings.HasPrefix(errs, "Foreground level: 0x06\n") {
 		t.Errorf("-D 6: stderr %q, want Foreground level: 0x06 first", errs)
 	}
+	if _, _, errs := runCmd(t, "-f", "-S", p); errs != "" {
+		t.Errorf("-f: stderr %q, want nothing", errs)
+	}
 }
 
 func TestNeedsConfig(t *testing.T) {
