@@ -139,6 +139,9 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	if err := m.setConfig(cfg); err != nil {
 		return err
 	}
+	for _, w := range cfg.Warnings {
+		log.Warningf("%s", w)
+	}
 	m.maxConnections = int(cfg.MaxConnections)
 	if os.Geteuid() != 0 {
 		log.Noticef("not started as root: children keep this user and are not chrooted")
@@ -154,7 +157,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	}
 
 	// What needs root is opened first, before any child exists.
-	if err := m.openControl(cfg.ControlSocket); err != nil {
+	if err := m.openControlDefault(cfg); err != nil {
 		return err
 	}
 	defer m.closeControl()
@@ -246,6 +249,19 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	}
 }
 
+// openControlDefault opens the control socket: control_socket when set,
+// where failing stops the start; otherwise control.sock beside the
+// pidfile, and when that cannot be made the daemon runs without one.
+func (m *master) openControlDefault(cfg *config.Config) error {
+	path, set := cfg.ControlSocketPath()
+	err := m.openControl(path)
+	if err == nil || set {
+		return err
+	}
+	m.log.Warningf("%v; running without a control socket (smtpgatectl cannot reach this daemon; set control_socket to choose a place)", err)
+	return nil
+}
+
 // setConfig makes cfg the running configuration.
 func (m *master) setConfig(cfg *config.Config) error {
 	var b bytes.Buffer
@@ -308,6 +324,9 @@ func (m *master) reload() error {
 	if err != nil {
 		m.log.Errf("reload refused, keeping the running configuration: %v", err)
 		return err
+	}
+	for _, w := range cfg.Warnings {
+		m.log.Warningf("reload: %s", w)
 	}
 	if names := config.RestartOnly(m.cfg.Load(), cfg); len(names) > 0 {
 		m.log.Warningf("reload: %v need a restart to take effect", names)

@@ -39,7 +39,7 @@ func (e *engine) takeover() {
 			}
 			return
 		}
-		if cfg.OnTakeoverCmds > 0 && uint64(n) > cfg.OnTakeoverCmds {
+		if uint64(n) > cfg.OnTakeoverCmds {
 			say(554, "5.5.0", cfg.MsgTransactionFailed)
 			return
 		}

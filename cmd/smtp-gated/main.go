@@ -9,12 +9,12 @@ package main
 import (
 	"bufio"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +23,7 @@ import (
 	"smtp-gated/internal/child"
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
+	"smtp-gated/internal/rphd"
 	"smtp-gated/internal/version"
 	"smtp-gated/ipc"
 	"smtp-gated/lockd"
@@ -39,13 +40,15 @@ const (
 )
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `usage: smtp-gated [-f] config_file
+	fmt.Fprintf(w, `usage: smtp-gated [-f | -D level] config_file
        smtp-gated -K | -r | -s | -S config_file
        smtp-gated -t | -T [config_file]
        smtp-gated -C name config_file
+       smtp-gated -L file
        smtp-gated -h | -v | -V
 
   -f        run in the foreground, logging to standard error too
+  -D level  debug level (strtol base 0); non-zero runs in the foreground as -f
   -K        stop the running daemon (TERM)
   -r        reload the running daemon's configuration (HUP)
   -s        make the running daemon write its status file (as USR1), print it
@@ -53,11 +56,22 @@ func usage(w io.Writer) {
   -t        check the configuration and print it (without msg_* texts)
   -T        check the configuration and print it (with msg_* texts)
   -C name   print one option's value
+  -L file   print a rate-limit file
   -v        print the version
   -V        print the version and what this build supports
   -h        print this help
 `)
 }
+
+// Exit statuses, those of smtp-gated 1.4.
+const (
+	exitOK       = 0
+	exitFail     = 1   // a command failed, the daemon could not start, a command line error
+	exitConfig   = 2   // the configuration file cannot be read or is wrong
+	exitTwoModes = 3   // more than one of -h -v -V -t -T -C -K -r -s -S -L
+	exitHelp     = 10  // -h
+	exitNoOption = 255 // -C of an option that does not exist
+)
 
 func main() {
 	// A child gets from master exactly the descriptors master means it
@@ -68,102 +82,216 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// cmdline is the command line: at most one mode flag, -f or -D, and the
+// configuration file, in any order.
+type cmdline struct {
+	mode     string // "h", "v", "V", "t", "T", "C", "K", "r", "s", "S", "L"; "" runs the daemon
+	arg      string // of -C and -L
+	debug    int64  // -D; -f is 4 (1.4's "single" bit)
+	debugSet bool   // -D was given
+	path     string
+	role     string // -child
+}
+
+// parseArgs reads the command line as 1.4 did: each argument is one flag
+// or the configuration file, left to right.
+func parseArgs(args []string) (*cmdline, int, error) {
+	c := &cmdline{}
+	setMode := func(m string) error {
+		if c.mode != "" {
+			return fmt.Errorf("only one of -h -v -V -t -T -C -K -r -s -S -L may be given (-%s and -%s)", c.mode, m)
+		}
+		c.mode = m
+		return nil
+	}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		needArg := func() (string, error) {
+			if i+1 >= len(args) {
+				return "", fmt.Errorf("option %s requires an argument", a)
+			}
+			i++
+			return args[i], nil
+		}
+		switch a {
+		case "-h", "--help":
+			if err := setMode("h"); err != nil {
+				return nil, exitTwoModes, err
+			}
+		case "-v", "-V", "-t", "-T", "-K", "-r", "-s", "-S":
+			if err := setMode(a[1:]); err != nil {
+				return nil, exitTwoModes, err
+			}
+		case "-C", "-L":
+			v, err := needArg()
+			if err != nil {
+				return nil, exitFail, err
+			}
+			if err := setMode(a[1:]); err != nil {
+				return nil, exitTwoModes, err
+			}
+			c.arg = v
+		case "-f":
+			c.debug |= 4
+		case "-D":
+			v, err := needArg()
+			if err != nil {
+				return nil, exitFail, err
+			}
+			n, err := strconv.ParseInt(v, 0, 64)
+			if err != nil {
+				return nil, exitFail, fmt.Errorf("-D %q: not a number", v)
+			}
+			c.debug, c.debugSet = n, true
+		case "-child", "--child":
+			v, err := needArg()
+			if err != nil {
+				return nil, exitFail, err
+			}
+			c.role = v
+		default:
+			if len(a) > 1 && a[0] == '-' {
+				return nil, exitFail, fmt.Errorf("unknown option %s", a)
+			}
+			if c.path != "" {
+				return nil, exitFail, fmt.Errorf("one configuration file only: %s and %s", c.path, a)
+			}
+			c.path = a
+		}
+	}
+	return c, exitOK, nil
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("smtp-gated", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var (
-		fg     = fs.Bool("f", false, "")
-		help   = fs.Bool("h", false, "")
-		kill   = fs.Bool("K", false, "")
-		status = fs.Bool("s", false, "")
-		sname  = fs.Bool("S", false, "")
-		reload = fs.Bool("r", false, "")
-		dump   = fs.Bool("t", false, "")
-		dumpT  = fs.Bool("T", false, "")
-		ver    = fs.Bool("v", false, "")
-		verV   = fs.Bool("V", false, "")
-		one    = fs.String("C", "", "")
-		role   = fs.String("child", "", "")
-	)
-	if err := fs.Parse(args); err != nil {
+	c, rc, err := parseArgs(args)
+	if err != nil {
 		fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
 		usage(stderr)
-		return 2
+		return rc
 	}
-	if *role != "" {
-		return runChild(*role, stderr)
+	if c.role != "" {
+		return runChild(c.role, stderr)
 	}
-	path := fs.Arg(0)
-	if fs.NArg() > 1 {
-		fmt.Fprintf(stderr, "smtp-gated: one configuration file, not %d arguments\n", fs.NArg())
-		usage(stderr)
-		return 2
+	if c.debugSet && c.debug != 0 {
+		// As 1.4, but not for -f alone: under a service manager the
+		// line would be a log line without a level.
+		fmt.Fprintf(stderr, "Foreground level: 0x%02x\n", c.debug)
 	}
-	switch {
-	case *help:
+	path := c.path
+	switch c.mode {
+	case "h":
 		usage(stdout)
-		return 0
-	case *ver:
-		fmt.Fprintf(stdout, "smtp-gated %s\n", version.Version)
-		return 0
-	case *verV:
-		printVersion(stdout)
-		return 0
-	case *dump || *dumpT:
+		return exitHelp
+	case "v":
+		printVersion(stdout, false)
+		return exitOK
+	case "V":
+		printVersion(stdout, true)
+		return exitOK
+	case "L":
+		if err := lockd.DumpRateFile(stdout, c.arg); err != nil {
+			fmt.Fprintf(stderr, "smtp-gated: -L: %v\n", err)
+			return exitFail
+		}
+		return exitOK
+	case "t", "T":
 		cfg := config.Default()
 		if path != "" {
 			var err error
 			if cfg, err = config.Load(path); err != nil {
 				fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
-				return 1
+				return exitConfig
 			}
+			warn(stderr, cfg)
 		}
-		if err := cfg.Write(stdout, *dumpT); err != nil {
+		if err := cfg.Write(stdout, c.mode == "T"); err != nil {
 			fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
-			return 1
+			return exitFail
 		}
-		return 0
+		return exitOK
 	}
 	if path == "" {
 		fmt.Fprintf(stderr, "smtp-gated: a configuration file is required (there is no default path)\n")
 		usage(stderr)
-		return 2
+		return exitFail
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
-		return 1
+		return exitConfig
 	}
-	switch {
-	case *one != "":
-		v, err := cfg.Get(*one)
+	switch c.mode {
+	case "C":
+		v, err := cfg.Get(c.arg)
 		if err != nil {
 			fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
-			return 1
+			return exitNoOption
 		}
-		fmt.Fprintln(stdout, v)
-		return 0
-	case *sname:
+		fmt.Fprintf(stdout, "%-30s %s\n", c.arg, v)
+		return exitOK
+	case "S":
 		fmt.Fprintln(stdout, cfg.Statefile)
-		return 0
-	case *kill:
+		return exitOK
+	case "K":
 		return signalDaemon(cfg, syscall.SIGTERM, stdout, stderr)
-	case *reload:
+	case "r":
 		return signalDaemon(cfg, syscall.SIGHUP, stdout, stderr)
-	case *status:
+	case "s":
 		return printStatus(cfg, stdout, stderr)
 	}
-	return start(path, cfg, *fg, stderr)
+	return start(path, cfg, c.debug != 0, stderr)
 }
 
-func printVersion(w io.Writer) {
-	fmt.Fprintf(w, "smtp-gated %s (%s, %s/%s)\n", version.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	var modes []string
-	for _, m := range version.Modes() {
-		modes = append(modes, m.String())
+// warn prints what the configuration file had that was taken with a
+// warning.
+func warn(w io.Writer, cfg *config.Config) {
+	for _, s := range cfg.Warnings {
+		fmt.Fprintf(w, "smtp-gated: warning: %s\n", s)
 	}
-	fmt.Fprintf(w, "USE_NAT: %s\n", strings.Join(modes, " "))
-	fmt.Fprintf(w, "IPC catalogue version: %d\n", ipc.Version)
+}
+
+// printVersion prints the version block in 1.4's layout ("  %-30s: %s"
+// lines); with defines, the Defines: block of this build's features
+// under 1.4's names, then Extra:.
+func printVersion(w io.Writer, defines bool) {
+	line := func(k, v string) { fmt.Fprintf(w, "  %-30s: %s\n", k, v) }
+	fmt.Fprintln(w, "SMTP Transparent AV proxy")
+	line("version", version.Version)
+	line("helper protocol version", fmt.Sprintf("0x%x", rphd.Version))
+	line("compile date", buildDate())
+	if !defines {
+		return
+	}
+	fmt.Fprintln(w, "Defines:")
+	for _, d := range version.Defines() {
+		line(d.Name, d.Value)
+	}
+	fmt.Fprintln(w, "Extra:")
+	line("go version", runtime.Version())
+	line("system", runtime.GOOS+"/"+runtime.GOARCH)
+	line("ipc catalogue version", strconv.Itoa(ipc.Version))
+}
+
+// buildDate is when the source was committed (UTC), or when the binary
+// without version control information was written (local time), in the
+// layout of C's __DATE__ __TIME__: "Dec  2 2026 13:42:32".
+func buildDate() string {
+	const layout = "Jan _2 2006 15:04:05"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.time" {
+				if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
+					return t.UTC().Format(layout)
+				}
+			}
+		}
+	}
+	if p, err := os.Executable(); err == nil {
+		if fi, err := os.Stat(p); err == nil {
+			return fi.ModTime().Format(layout)
+		}
+	}
+	return "unknown"
 }
 
 // runChild is the start of a child process executed by master.
@@ -219,8 +347,11 @@ func printStatus(cfg *config.Config, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtp-gated: statefile is not set\n")
 		return 1
 	}
-	if cfg.ControlSocket != "" {
-		r, err := ipc.Control(cfg.ControlSocket, "dump", nil)
+	// A control socket that is not set may not exist (the daemon runs
+	// without one when it cannot make it): then USR1.
+	path, set := cfg.ControlSocketPath()
+	if _, err := os.Stat(path); path != "" && (set || err == nil) {
+		r, err := ipc.Control(path, "dump", nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
 			return 1
@@ -285,6 +416,7 @@ func start(path string, cfg *config.Config, foreground bool, stderr io.Writer) i
 		}
 		os.Unsetenv(readyFDEnv)
 	} else if !foreground {
+		warn(stderr, cfg)
 		return detach(bin, stderr)
 	}
 	log, lerr := logx.New("smtp-gated", cfg.LogFacility.Syslog(), int(cfg.LogLevel), true, foreground)

@@ -39,7 +39,8 @@ commands:
                         zero a client's counts; all: its quotas too (needs root)
 
 "needs root": root or the user the daemon runs as. The control socket is
-control_socket of the configuration file given with -c, or %s.
+control_socket of the configuration file given with -c (when not set there,
+control.sock beside its pidfile), or %s.
 Exit status: 0 done, 1 failed, 2 usage, 3 daemon not reachable or busy,
 4 permission denied, 5 no such session, lock or rate-limit record.
 `, defaultSocket)
@@ -78,7 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "smtpgatectl: %v\n", err)
 			return 1
 		}
-		path = cfg.ControlSocket
+		path, _ = cfg.ControlSocketPath()
 	}
 	r, err := ipc.Control(path, fs.Arg(0), fs.Args()[1:])
 	if err != nil {

@@ -14,6 +14,7 @@ package config
 import (
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -41,7 +42,7 @@ type Config struct {
 	PidHashSize    uint64     // default 4096
 	HostHashSize   uint64     // default 4096
 	SessionWorkers uint64     // default 0 (one per CPU) [RESTART] (added by this project)
-	ControlSocket  string     // default "/var/run/smtp-gated/control.sock" [RESTART] (added by this project)
+	ControlSocket  string     // default "" (control.sock beside the pidfile; see ControlSocketPath) [RESTART] (added by this project)
 
 	// RESOURCE CONTROL (bytes; -1 = leave the system's limit)
 
@@ -250,6 +251,11 @@ type Config struct {
 	MsgRegexHelo                string
 	MsgRegexMailFrom            string
 	MsgRegexRcptTo              string
+
+	// Warnings are what Parse took but found worth telling: text after
+	// a value that was ignored, a value raised to its least. Each reads
+	// "FILE:LINE: OPTION: MSG". Write ignores them.
+	Warnings []string
 }
 
 const (
@@ -280,7 +286,6 @@ func Default() *Config {
 		PipelineSize:   128,
 		PidHashSize:    4096,
 		HostHashSize:   4096,
-		ControlSocket:  "/var/run/smtp-gated/control.sock",
 
 		LimitCoreSize: 64 * mib,
 		LimitVirtSize: 64 * mib,
@@ -405,6 +410,19 @@ func (c *Config) ProxyHostName() string {
 		h = "localhost"
 	}
 	return strings.ReplaceAll(c.ProxyName, "*", h)
+}
+
+// ControlSocketPath returns the control socket's path and whether it was
+// set: control_socket when set, otherwise control.sock in the pidfile's
+// directory ("" when pidfile is not set either).
+func (c *Config) ControlSocketPath() (path string, set bool) {
+	if c.ControlSocket != "" {
+		return c.ControlSocket, true
+	}
+	if c.Pidfile == "" {
+		return "", false
+	}
+	return filepath.Join(filepath.Dir(c.Pidfile), "control.sock"), false
 }
 
 // DnsblZones returns the zones of the dnsbl option, in order, without

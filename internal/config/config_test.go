@@ -234,14 +234,15 @@ func TestFieldsAreOptions(t *testing.T) {
 		}
 	}
 	ct := reflect.TypeFor[Config]()
+	seen["Warnings"] = true // no option: what Parse has to tell
 	for i := range ct.NumField() {
 		if f := ct.Field(i); !seen[f.Name] {
 			t.Errorf("field %s is no option", f.Name)
 		}
 	}
 	names := Names()
-	if len(names) != len(seen)-6 {
-		t.Errorf("got %d names, want %d", len(names), len(seen)-6)
+	if len(names) != len(seen)-7 {
+		t.Errorf("got %d names, want %d", len(names), len(seen)-7)
 	}
 	for _, n := range []string{"session_workers", "control_socket", "timeout_shutdown", "ratelimit_period", "ratelimit_sessions", "earlytalker", "msg_regex_rcpt_to"} {
 		if !slices.Contains(names, n) {
@@ -352,7 +353,13 @@ func TestValues(t *testing.T) {
 		{"bind_address ::", "::"},
 		{"bind_address ::FFFF:10.0.0.1", "::ffff:10.0.0.1"},
 		{"bind_address fe80::1%eth0", "fe80::1%eth0"},
-		{"bind_address 10.1.2", `bind_address: "10.1.2" is not an IP address; accepted: an IPv4 or IPv6 address`},
+		{"bind_address 10.1.2", "10.1.0.2"}, // inet_aton's short forms
+		{"bind_address 127.1", "127.0.0.1"},
+		{"bind_address 0x7f.1", "127.0.0.1"},
+		{"bind_address 10.256.1", `bind_address: "10.256.1" is not an IP address; accepted: an IPv4 or IPv6 address`},
+		{"bind_address 10.1.65536", `bind_address: "10.1.65536" is not an IP address; accepted: an IPv4 or IPv6 address`},
+		{"bind_address 1.2.3.4.5", `bind_address: "1.2.3.4.5" is not an IP address; accepted: an IPv4 or IPv6 address`},
+		{"bind_address 1.2.3.4foo", `bind_address: "1.2.3.4foo" is not an IP address; accepted: an IPv4 or IPv6 address`},
 		{"bind_address localhost", `bind_address: "localhost" is not an IP address; accepted: an IPv4 or IPv6 address`},
 		{`bind_address ""`, `bind_address: missing value; accepted: an IPv4 or IPv6 address`},
 		{`spf_fixed_ip ""`, ""},
@@ -364,7 +371,8 @@ func TestValues(t *testing.T) {
 		{"lock_perm 07777", "7777"},
 		{"lock_perm 010000", `lock_perm: "010000" is out of range; accepted: an octal file mode 0000-07777`},
 		{"lock_perm 0680", `lock_perm: "0680" is not an octal number; accepted: an octal file mode 0000-07777`},
-		{"lock_perm 0x1b0", `lock_perm: "0x1b0" is not an octal number; accepted: an octal file mode 0000-07777`},
+		{"lock_perm 0x1b0", "0660"},
+		{"lock_perm 0x1g0", `lock_perm: "0x1g0" is not an octal number; accepted: an octal file mode 0000-07777`},
 		{"lock_perm -0600", `lock_perm: "-0600" is not an octal number; accepted: an octal file mode 0000-07777`},
 		// REGEX
 		{`regex_reject_helo ^\[`, `^\[`},
@@ -374,19 +382,29 @@ func TestValues(t *testing.T) {
 		{"mode fixed", "mode: fixed needs fixed_server, which is not set; accepted: set fixed_server to the mail server's address, or choose another mode"},
 		{"mode netfilter", "netfilter"},
 		{"mode TPROXY,netfilter", "tproxy,netfilter"},
-		{"mode 5", "netfilter"},
-		{"mode 10", "pf"},
-		{"mode 11", `mode: "11" is out of range; accepted: fixed, fixed+xclient, remote, remote-udp, getsockname, netfilter, tproxy, tproxy,netfilter, ipfw, ipfilter, pf`},
+		// numbers are the original's
+		{"mode 8", "netfilter"},
+		{"mode 5", "remote"},
+		{"mode 7", "getsockname"},
+		{"mode 9", "ipfw"},
+		{"mode 10", "ipfilter"},
+		{"mode 11", "tproxy"},
+		{"mode 12", "tproxy,netfilter"},
+		{"mode 13", "pf"},
+		{"mode 0", `mode: "none" is not a mode; accepted: fixed, fixed+xclient, remote, remote-udp, getsockname, netfilter, tproxy, tproxy,netfilter, ipfw, ipfilter, pf`},
+		{"mode 3", `mode: "3" is out of range; accepted: fixed, fixed+xclient, remote, remote-udp, getsockname, netfilter, tproxy, tproxy,netfilter, ipfw, ipfilter, pf`},
+		{"mode 14", `mode: "14" is out of range; accepted: fixed, fixed+xclient, remote, remote-udp, getsockname, netfilter, tproxy, tproxy,netfilter, ipfw, ipfilter, pf`},
 		{"mode nat", `mode: unknown value "nat"; accepted: fixed, fixed+xclient, remote, remote-udp, getsockname, netfilter, tproxy, tproxy,netfilter, ipfw, ipfilter, pf`},
 		{"log_level 7", "debug"},
 		{"log_level 0", "emerg"},
 		{"log_level 3", "err"},
 		{"log_level Notice", "notice"},
 		{"log_level 8", `log_level: "8" is out of range; accepted: debug, info, notice, warning, err, crit, alert, emerg`},
-		{"log_facility 0", "user"},
-		{"log_facility 2", "daemon"},
-		{"log_facility 13", "local7"},
-		{"log_facility 14", `log_facility: "14" is out of range; accepted: user, mail, daemon, auth, news, authpriv, local0, local1, local2, local3, local4, local5, local6, local7`},
+		{"log_facility 8", "user"},
+		{"log_facility 24", "daemon"},
+		{"log_facility 80", "authpriv"},
+		{"log_facility 184", "local7"},
+		{"log_facility 3", `log_facility: "3" is out of range; accepted: user, mail, daemon, auth, news, authpriv, local0, local1, local2, local3, local4, local5, local6, local7`},
 		{"log_facility kern", `log_facility: unknown value "kern"; accepted: user, mail, daemon, auth, news, authpriv, local0, local1, local2, local3, local4, local5, local6, local7`},
 		{"auth_require 2", "mandatory"},
 		{"auth_require -1", `auth_require: unknown value "-1"; accepted: no, ifsupported, mandatory`},
@@ -400,9 +418,13 @@ func TestValues(t *testing.T) {
 		{"antivirus_type none", "off"},
 		{"antivirus_type mksd", "mksd"},
 		{"antispam_type none", "off"},
-		{"antispam_type 1", "spamassassin"},
+		{"antispam_type 3", "spamassassin"},
+		{"antispam_type 1", `antispam_type: "1" is out of range; accepted: off, spamassassin`},
 		{"antispam_type libdspam", `antispam_type: libdspam is not supported in this build; use spamassassin (spamd) instead; accepted: off, spamassassin`},
-		{"antispam_type 2", `antispam_type: libdspam is not supported in this build; use spamassassin (spamd) instead; accepted: off, spamassassin`},
+		{"antispam_type 4", `antispam_type: libdspam is not supported in this build; use spamassassin (spamd) instead; accepted: off, spamassassin`},
+		{"antivirus_type 3", "clamd"},
+		{"antivirus_type 4", "mksd"},
+		{"antivirus_type 1", `antivirus_type: "1" is out of range; accepted: off, clamd, mksd`},
 		// ENUM MULTI
 		{"lock_on virus,spam", "virus,spam"},
 		{"lock_on ratelimit , maxhost,  maxident", "maxhost,maxident,ratelimit"},
@@ -413,14 +435,26 @@ func TestValues(t *testing.T) {
 		{"lock_on any", "virus,spam,maxhost,maxident,dnsbl,spf,regex,earlytalker,ratelimit"},
 		{"lock_on 3", "virus,spam"},
 		{"lock_on 0", "never"},
-		{"lock_on 0x100,1", "virus,ratelimit"},
-		{"lock_on 0x200", `lock_on: "0x200" is out of range; accepted: virus, spam, maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit, never (comma-separated)`},
+		{"lock_on 0x100,1", "virus,dnsbl"},
+		{"lock_on 0x200", "regex"},
+		{"lock_on 0x10", "maxhost"},
+		{"lock_on 0x800", "earlytalker"},
+		{"lock_on 0x1000", "ratelimit"},
+		{"lock_on 4", `lock_on: "4" is out of range; accepted: virus, spam, maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit, never (comma-separated)`},
 		{"lock_on virsu", `lock_on: unknown value "virsu"; accepted: virus, spam, maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit, never (comma-separated)`},
 		{"lock_on virus,,spam", `lock_on: empty item in "virus,,spam"; accepted: virus, spam, maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit, never (comma-separated)`},
 		{"lock_on virus,never", `lock_on: "never" cannot be combined with other values; accepted: virus, spam, maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit, never (comma-separated)`},
 		{`lock_on ""`, `lock_on: missing value; accepted: virus, spam, maxhost, maxident, dnsbl, spf, regex, earlytalker, ratelimit, never (comma-separated)`},
 		{"statefile_type flat,slots", "flat,slots"},
-		{"statefile_type 0", `statefile_type: "0" selects nothing; accepted: human, flat, slots (comma-separated)`},
+		{"statefile_type 0", "human"},
+		{"statefile_type 4", "human,slots"},
+		{"statefile_type 2", "flat"},
+		{"statefile_type 6", "flat,slots"},
+		{"statefile_type 1", `statefile_type: "1" is out of range; accepted: human, flat, slots (comma-separated)`},
+		{"spool_leave_on 8", "always"},
+		{"spool_leave_on 5", "error,virus"},
+		{"log_mail_from 5", "accepted,base64"},
+		{"log_mail_from 8", "off"},
 		{"spool_leave_on always", "always"},
 		{"spool_leave_on never", "never"},
 		{"spool_leave_on error,virus,spam", "error,spam,virus"},
@@ -434,6 +468,10 @@ func TestValues(t *testing.T) {
 		{"auth_skip direct", "direct"},
 		{"auth_skip dnsbl,regex", "dnsbl,regex"},
 		{"auth_skip 31", "direct,antivir,antispam,dnsbl,regex"},
+		{"auth_skip 1", "antivir"},
+		{"auth_skip 0x10", "direct"},
+		{"auth_skip 4", "regex"},
+		{"auth_skip 8", "dnsbl"},
 	}
 	for _, tt := range tests {
 		got, err := value(tt.line)
@@ -590,7 +628,7 @@ func TestGet(t *testing.T) {
 		{"msg_hello", "Hello"},
 		{"timeout_shutdown", "60"},
 		{"session_workers", "0"},
-		{"control_socket", "/var/run/smtp-gated/control.sock"},
+		{"control_socket", ""},
 	}
 	for _, tt := range tests {
 		got, err := c.Get(tt.name)

@@ -98,10 +98,13 @@ func parse(r io.Reader, name string) (*Config, map[string]int, error) {
 			if e := unknown(name, n, key); e != nil {
 				errs = append(errs, e)
 			}
-		} else if msg := op.set(c, val); msg != "" {
+		} else if msg, warn := op.setLenient(c, val); msg != "" {
 			errs = append(errs, &Error{File: name, Line: n, Option: key, Msg: msg, Accepted: op.accepted()})
 		} else {
 			lines[op.name] = n
+			if warn != "" {
+				c.Warnings = append(c.Warnings, (&Error{File: name, Line: n, Option: key, Msg: warn}).Error())
+			}
 		}
 		if len(errs) == maxErrors {
 			errs = append(errs, fmt.Errorf("%s:%d: too many errors, stopping", name, n))
@@ -166,9 +169,35 @@ func unknown(file string, line int, key string) error {
 	return e
 }
 
-// check makes the checks that involve more than one option.
+// pipelineMin is the least pipeline_size: smaller values are raised to
+// it, as the original did (its PIPELINE_SIZE_MIN).
+const pipelineMin = 16
+
+// check makes the checks that involve more than one option, refuses the
+// values that would refuse or cut every client, and raises pipeline_size
+// to its least value.
 func (c *Config) check(file string, lines map[string]int) error {
 	var errs []error
+	zero := func(name string, v uint64, why, instead string) {
+		if v == 0 {
+			errs = append(errs, &Error{File: file, Line: lines[name], Option: name,
+				Msg: "0 " + why, Accepted: instead})
+		}
+	}
+	zero("max_connections", c.MaxConnections,
+		"would refuse every connection (smtp-gated 1.4 answered each with msg_max_reached)",
+		"the number of sessions at once, 1 or more")
+	zero("max_per_host", c.MaxPerHost,
+		"would refuse every connection and lock its client (as smtp-gated 1.4 did)",
+		"the number of sessions at once from one address, 1 or more; for no limit per address, the value of max_connections")
+	zero("timeout_idle", c.TimeoutIdle,
+		"would close every session at once (as smtp-gated 1.4 did), not turn the timeout off",
+		"a number of seconds, 1 or more")
+	if c.PipelineSize < pipelineMin {
+		c.Warnings = append(c.Warnings, (&Error{File: file, Line: lines["pipeline_size"], Option: "pipeline_size",
+			Msg: fmt.Sprintf("%d raised to %d, the least value", c.PipelineSize, pipelineMin)}).Error())
+		c.PipelineSize = pipelineMin
+	}
 	if c.Mode == ModeNone {
 		msg := "not set"
 		if lines["mode"] > 0 {
@@ -203,6 +232,68 @@ func (c *Config) check(file string, lines map[string]int) error {
 	return joinErrors(errs)
 }
 
+// setLenient is set with the leniency of the original, which read numbers
+// with sscanf("%i"), addresses with inet_aton and enumerations through a
+// number or word, all ignoring what followed the first blank: when the
+// value does not parse as a whole, its first word (for a MULTI, its list
+// of words) is read instead and the rest ignored, with a warning. Text
+// glued to a value ("10M" for an UINT) is not taken apart.
+func (op *option) setLenient(c *Config, s string) (msg, warn string) {
+	msg = op.set(c, s)
+	if msg == "" || !op.lenient() {
+		return msg, ""
+	}
+	head, rest := op.head(s)
+	if rest == "" || head == "" {
+		return msg, ""
+	}
+	if msg = op.set(c, head); msg != "" {
+		return msg, ""
+	}
+	return "", fmt.Sprintf("%q read as %q, the text after it ignored (use a line of its own for a comment)", s, head)
+}
+
+// lenient reports whether the option's type ignores trailing text.
+func (op *option) lenient() bool {
+	switch op.kind {
+	case kIP, kPort, kUint, kInt, kSize, kFloat, kOctal, kOne, kMulti:
+		return true
+	}
+	return false
+}
+
+// head splits s into the value and the text after it: the first word;
+// for a size, a k/m/g suffix after blanks too; for a MULTI, the words
+// joined by commas with blanks around them.
+func (op *option) head(s string) (head, rest string) {
+	i := strings.IndexAny(s, " \t")
+	if i < 0 {
+		return s, ""
+	}
+	after := strings.TrimLeft(s[i:], " \t")
+	switch op.kind {
+	case kSize:
+		if len(after) >= 1 && strings.ContainsRune("kKmMgG", rune(after[0])) &&
+			(len(after) == 1 || after[1] == ' ' || after[1] == '\t') {
+			return s[:i] + after[:1], strings.TrimLeft(after[1:], " \t")
+		}
+	case kMulti:
+		for {
+			if strings.HasSuffix(s[:i], ",") || strings.HasPrefix(after, ",") {
+				j := strings.IndexAny(after, " \t")
+				if j < 0 {
+					return s, ""
+				}
+				i = len(s) - len(after) + j
+				after = strings.TrimLeft(s[i:], " \t")
+				continue
+			}
+			break
+		}
+	}
+	return s[:i], after
+}
+
 // set parses s into the option's field of c; it returns what was wrong,
 // or "".
 func (op *option) set(c *Config, s string) string {
@@ -235,7 +326,10 @@ func (op *option) set(c *Config, s string) string {
 		}
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			return fmt.Sprintf("%q is not an IP address", s)
+			var ok bool
+			if a, ok = inetAton(s); !ok {
+				return fmt.Sprintf("%q is not an IP address", s)
+			}
 		}
 		v.Set(reflect.ValueOf(a))
 	case kPort:
@@ -289,7 +383,13 @@ func (op *option) set(c *Config, s string) string {
 		if s == "" {
 			return "missing value"
 		}
-		n, err := strconv.ParseUint(s, 8, 32)
+		var n uint64
+		var err error
+		if len(s) > 2 && (s[:2] == "0x" || s[:2] == "0X") {
+			n, err = strconv.ParseUint(s[2:], 16, 32) // as the original read it
+		} else {
+			n, err = strconv.ParseUint(s, 8, 32)
+		}
 		switch {
 		case errors.Is(err, strconv.ErrRange), err == nil && n > 0o7777:
 			return fmt.Sprintf("%q is out of range", s)
@@ -429,8 +529,8 @@ func (d *enumDef) parseOne(s string) (uint32, string) {
 }
 
 // parseMulti reads a comma-separated list of words of a MULTI enumeration.
-// A number stands for the bits of the words in the manual's order (1 = the
-// first word, 2 = the second, 4 = the third, ...).
+// A number stands for the words whose numbers (the original's bit values)
+// it holds: each part may be one word or such a number.
 func (d *enumDef) parseMulti(s string) (uint32, string) {
 	if strings.Trim(s, " \t") == "" {
 		return 0, "missing value"
@@ -464,10 +564,12 @@ func (d *enumDef) parseMulti(s string) (uint32, string) {
 				if err != nil || neg {
 					return 0, fmt.Sprintf("unknown value %q", p)
 				}
-				if n&^uint64(d.allBits()) != 0 {
+				if bit, ok = d.fromNum(n); !ok {
 					return 0, fmt.Sprintf("%q is out of range", p)
 				}
-				bit = uint32(n)
+				if bit == 0 {
+					sawEmpty = d.empty != ""
+				}
 			}
 			v |= bit
 		}
@@ -479,4 +581,55 @@ func (d *enumDef) parseMulti(s string) (uint32, string) {
 		return 0, fmt.Sprintf("%q selects nothing", s)
 	}
 	return v, ""
+}
+
+// fromNum turns a number of a MULTI enumeration into its bits: the words
+// whose numbers n holds. ok is false when n has a bit no word has, unless
+// the enumeration takes any number (anyNum), whose other bits are dropped.
+func (d *enumDef) fromNum(n uint64) (v uint32, ok bool) {
+	rest := n
+	for _, x := range d.words {
+		if x.num > 0 && rest&uint64(x.num) == uint64(x.num) {
+			v |= x.val
+			rest &^= uint64(x.num)
+		}
+	}
+	if d.numFix != nil {
+		v = d.numFix(v)
+	}
+	return v, rest == 0 || d.anyNum
+}
+
+// inetAton reads an IPv4 address in the forms inet_aton(3) takes besides
+// the dotted quad: a.b.c (c fills 16 bits), a.b (b fills 24 bits), a
+// (32 bits), each part decimal, 0octal or 0xhex.
+func inetAton(s string) (netip.Addr, bool) {
+	parts := strings.Split(s, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	nums := make([]uint64, len(parts))
+	for i, p := range parts {
+		if p == "" || p[0] == '+' || p[0] == '-' {
+			return netip.Addr{}, false
+		}
+		_, n, err := parseNum(p)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		nums[i] = n
+	}
+	last := len(nums) - 1
+	var ip uint64
+	for i, n := range nums[:last] {
+		if n > 255 {
+			return netip.Addr{}, false
+		}
+		ip |= n << (24 - 8*i)
+	}
+	if nums[last] >= 1<<(32-8*last) {
+		return netip.Addr{}, false
+	}
+	ip |= nums[last]
+	return netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}), true
 }

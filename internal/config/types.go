@@ -14,24 +14,27 @@ import (
 type enumWord struct {
 	name string // the word Write prints
 	val  uint32 // the Go constant (a bit for MULTI)
-	num  int    // ONE: the number that also selects this value; -1 = none, and not offered in messages
+	num  int    // the original's number for this value (a bit for MULTI), which also selects it; -1 = none
 }
 
 // enumDef describes the words of one enumerated type.
 type enumDef struct {
-	words   []enumWord        // in the manual's order
-	aliases map[string]string // other accepted word → canonical word
-	multi   bool              // comma-separated bit set
-	empty   string            // MULTI: word for the empty set ("never", "off", "none"); "" = empty not allowed
-	all     string            // MULTI: word for every bit ("any" for lock_on); "" = none
-	reject  map[string]string // word → why it is refused
+	words   []enumWord          // in the manual's order
+	aliases map[string]string   // other accepted word → canonical word
+	multi   bool                // comma-separated bit set
+	empty   string              // MULTI: word for the empty set ("never", "off", "none"); "" = empty not allowed
+	all     string              // MULTI: word for every bit ("any" for lock_on); "" = none
+	reject  map[string]string   // word → why it is refused
+	hidden  string              // ONE: a word read but not offered in messages (mode none)
+	anyNum  bool                // MULTI: any number is taken, bits without a word dropped (log_mail_from)
+	numFix  func(uint32) uint32 // MULTI: adjusts the bits a number gave (statefile_type: human unless flat)
 }
 
 // accepted lists the words for an error message.
 func (d *enumDef) accepted() string {
 	names := make([]string, 0, len(d.words)+1)
 	for _, w := range d.words {
-		if !d.multi && w.num < 0 {
+		if w.name == d.hidden {
 			continue // mode none: read, but not a choice to offer
 		}
 		names = append(names, w.name)
@@ -97,8 +100,9 @@ func hasBits(s, f uint32) bool {
 type Mode int
 
 // Values of Mode. ModeNone (unset) is refused by Parse. A number given in
-// the file selects the value by its index in the manual's list, starting at
-// 0 for fixed.
+// the file selects the value the original gave that number (fixed 1,
+// fixed+xclient 2, remote 5, remote-udp 6, getsockname 7, netfilter 8,
+// ipfw 9, ipfilter 10, tproxy 11, tproxy,netfilter 12, pf 13; 0 is none).
 const (
 	ModeNone            Mode = iota // not set
 	ModeFixed                       // fixed
@@ -114,19 +118,19 @@ const (
 	ModePf                          // pf
 )
 
-var modeDef = &enumDef{words: []enumWord{
-	{"none", uint32(ModeNone), -1},
-	{"fixed", uint32(ModeFixed), 0},
-	{"fixed+xclient", uint32(ModeFixedXclient), 1},
-	{"remote", uint32(ModeRemote), 2},
-	{"remote-udp", uint32(ModeRemoteUDP), 3},
-	{"getsockname", uint32(ModeGetsockname), 4},
-	{"netfilter", uint32(ModeNetfilter), 5},
-	{"tproxy", uint32(ModeTproxy), 6},
-	{"tproxy,netfilter", uint32(ModeTproxyNetfilter), 7},
-	{"ipfw", uint32(ModeIpfw), 8},
-	{"ipfilter", uint32(ModeIpfilter), 9},
-	{"pf", uint32(ModePf), 10},
+var modeDef = &enumDef{hidden: "none", words: []enumWord{
+	{"none", uint32(ModeNone), 0},
+	{"fixed", uint32(ModeFixed), 1},
+	{"fixed+xclient", uint32(ModeFixedXclient), 2},
+	{"remote", uint32(ModeRemote), 5},
+	{"remote-udp", uint32(ModeRemoteUDP), 6},
+	{"getsockname", uint32(ModeGetsockname), 7},
+	{"netfilter", uint32(ModeNetfilter), 8},
+	{"tproxy", uint32(ModeTproxy), 11},
+	{"tproxy,netfilter", uint32(ModeTproxyNetfilter), 12},
+	{"ipfw", uint32(ModeIpfw), 9},
+	{"ipfilter", uint32(ModeIpfilter), 10},
+	{"pf", uint32(ModePf), 13},
 }}
 
 func (m Mode) String() string { return modeDef.name(uint32(m), "Mode") }
@@ -147,11 +151,19 @@ const (
 	StatefileSlots                           // slots
 )
 
-var statefileTypeDef = &enumDef{multi: true, words: []enumWord{
-	{"human", uint32(StatefileHuman), -1},
-	{"flat", uint32(StatefileFlat), -1},
-	{"slots", uint32(StatefileSlots), -1},
-}}
+// The original's numbers: human 0 (no flat bit), flat 2, slots 4.
+var statefileTypeDef = &enumDef{multi: true,
+	numFix: func(v uint32) uint32 {
+		if v&uint32(StatefileFlat) == 0 {
+			v |= uint32(StatefileHuman)
+		}
+		return v
+	},
+	words: []enumWord{
+		{"human", uint32(StatefileHuman), 0},
+		{"flat", uint32(StatefileFlat), 2},
+		{"slots", uint32(StatefileSlots), 4},
+	}}
 
 // Has reports whether every bit of f is set.
 func (s StatefileType) Has(f StatefileType) bool { return hasBits(uint32(s), uint32(f)) }
@@ -182,15 +194,15 @@ const (
 var lockOnDef = &enumDef{multi: true, empty: "never", all: "any",
 	aliases: map[string]string{"earlytalk": "earlytalker"},
 	words: []enumWord{
-		{"virus", uint32(LockVirus), -1},
-		{"spam", uint32(LockSpam), -1},
-		{"maxhost", uint32(LockMaxHost), -1},
-		{"maxident", uint32(LockMaxIdent), -1},
-		{"dnsbl", uint32(LockDNSBL), -1},
-		{"spf", uint32(LockSPF), -1},
-		{"regex", uint32(LockRegex), -1},
-		{"earlytalker", uint32(LockEarlytalker), -1},
-		{"ratelimit", uint32(LockRatelimit), -1},
+		{"virus", uint32(LockVirus), 0x1},
+		{"spam", uint32(LockSpam), 0x2},
+		{"maxhost", uint32(LockMaxHost), 0x10},
+		{"maxident", uint32(LockMaxIdent), 0x20},
+		{"dnsbl", uint32(LockDNSBL), 0x100},
+		{"spf", uint32(LockSPF), 0x400},
+		{"regex", uint32(LockRegex), 0x200},
+		{"earlytalker", uint32(LockEarlytalker), 0x800},
+		{"ratelimit", uint32(LockRatelimit), 0x1000},
 	}}
 
 // Has reports whether every bit of f is set (Has(LockNever): none is).
@@ -212,10 +224,10 @@ const (
 )
 
 var spoolLeaveOnDef = &enumDef{multi: true, empty: "never", words: []enumWord{
-	{"error", uint32(SpoolLeaveError), -1},
-	{"spam", uint32(SpoolLeaveSpam), -1},
-	{"virus", uint32(SpoolLeaveVirus), -1},
-	{"always", uint32(SpoolLeaveAlways), -1},
+	{"error", uint32(SpoolLeaveError), 1},
+	{"spam", uint32(SpoolLeaveSpam), 2},
+	{"virus", uint32(SpoolLeaveVirus), 4},
+	{"always", uint32(SpoolLeaveAlways), 8},
 }}
 
 // Has reports whether every bit of f is set (Has(SpoolLeaveNever): none is).
@@ -235,12 +247,12 @@ const (
 	LogAddrOff LogAddr = 0 // off
 )
 
-var logAddrDef = &enumDef{multi: true, empty: "off",
+var logAddrDef = &enumDef{multi: true, empty: "off", anyNum: true,
 	aliases: map[string]string{"no": "off", "none": "off"},
 	words: []enumWord{
-		{"accepted", uint32(LogAddrAccepted), -1},
-		{"rejected", uint32(LogAddrRejected), -1},
-		{"base64", uint32(LogAddrBase64), -1},
+		{"accepted", uint32(LogAddrAccepted), 1},
+		{"rejected", uint32(LogAddrRejected), 2},
+		{"base64", uint32(LogAddrBase64), 4},
 	}}
 
 // Has reports whether every bit of f is set (Has(LogAddrOff): none is).
@@ -282,11 +294,11 @@ const (
 )
 
 var authSkipDef = &enumDef{multi: true, empty: "none", words: []enumWord{
-	{"direct", uint32(AuthSkipDirect), -1},
-	{"antivir", uint32(AuthSkipAntivir), -1},
-	{"antispam", uint32(AuthSkipAntispam), -1},
-	{"dnsbl", uint32(AuthSkipDNSBL), -1},
-	{"regex", uint32(AuthSkipRegex), -1},
+	{"direct", uint32(AuthSkipDirect), 0x10},
+	{"antivir", uint32(AuthSkipAntivir), 0x1},
+	{"antispam", uint32(AuthSkipAntispam), 0x2},
+	{"dnsbl", uint32(AuthSkipDNSBL), 0x8},
+	{"regex", uint32(AuthSkipRegex), 0x4},
 }}
 
 // Has reports whether every bit of f is set (Has(AuthSkipNone): none is).
@@ -327,7 +339,8 @@ func (l LogLevel) String() string { return logLevelDef.name(uint32(l), "LogLevel
 // Facility is the log_facility option. Its values are the syslog facility
 // numbers (user = 1, mail = 2, daemon = 3, auth = 4, news = 7,
 // authpriv = 10, local0..local7 = 16..23). A number in the file is the
-// index in the manual's list instead (0 = user, 1 = mail, 2 = daemon, ...).
+// original's, the encoded syslog value (user 8, mail 16, daemon 24, ...,
+// local7 184): the facility number times 8.
 type Facility int
 
 // Values of Facility.
@@ -349,20 +362,20 @@ const (
 )
 
 var facilityDef = &enumDef{words: []enumWord{
-	{"user", uint32(FacilityUser), 0},
-	{"mail", uint32(FacilityMail), 1},
-	{"daemon", uint32(FacilityDaemon), 2},
-	{"auth", uint32(FacilityAuth), 3},
-	{"news", uint32(FacilityNews), 4},
-	{"authpriv", uint32(FacilityAuthpriv), 5},
-	{"local0", uint32(FacilityLocal0), 6},
-	{"local1", uint32(FacilityLocal1), 7},
-	{"local2", uint32(FacilityLocal2), 8},
-	{"local3", uint32(FacilityLocal3), 9},
-	{"local4", uint32(FacilityLocal4), 10},
-	{"local5", uint32(FacilityLocal5), 11},
-	{"local6", uint32(FacilityLocal6), 12},
-	{"local7", uint32(FacilityLocal7), 13},
+	{"user", uint32(FacilityUser), 8},
+	{"mail", uint32(FacilityMail), 16},
+	{"daemon", uint32(FacilityDaemon), 24},
+	{"auth", uint32(FacilityAuth), 32},
+	{"news", uint32(FacilityNews), 56},
+	{"authpriv", uint32(FacilityAuthpriv), 80},
+	{"local0", uint32(FacilityLocal0), 128},
+	{"local1", uint32(FacilityLocal1), 136},
+	{"local2", uint32(FacilityLocal2), 144},
+	{"local3", uint32(FacilityLocal3), 152},
+	{"local4", uint32(FacilityLocal4), 160},
+	{"local5", uint32(FacilityLocal5), 168},
+	{"local6", uint32(FacilityLocal6), 176},
+	{"local7", uint32(FacilityLocal7), 184},
 }}
 
 func (f Facility) String() string { return facilityDef.name(uint32(f), "Facility") }
@@ -397,7 +410,7 @@ func (n NatHeaderType) String() string { return natHeaderTypeDef.name(uint32(n),
 // AntivirusType is the antivirus_type option.
 type AntivirusType int
 
-// Values of AntivirusType (numbers 0, 1, 2 in the file).
+// Values of AntivirusType (the original's numbers 0, 3, 4 in the file).
 const (
 	AntivirusOff   AntivirusType = iota // off (alias none)
 	AntivirusClamd                      // clamd
@@ -408,8 +421,8 @@ var antivirusTypeDef = &enumDef{
 	aliases: map[string]string{"none": "off"},
 	words: []enumWord{
 		{"off", uint32(AntivirusOff), 0},
-		{"clamd", uint32(AntivirusClamd), 1},
-		{"mksd", uint32(AntivirusMksd), 2},
+		{"clamd", uint32(AntivirusClamd), 3},
+		{"mksd", uint32(AntivirusMksd), 4},
 	}}
 
 func (a AntivirusType) String() string { return antivirusTypeDef.name(uint32(a), "AntivirusType") }
@@ -440,8 +453,8 @@ func (s ScanStream) String() string { return scanStreamDef.name(uint32(s), "Scan
 // supported by this build: Parse refuses it.
 type AntispamType int
 
-// Values of AntispamType (numbers 0, 1 in the file; 2, libdspam, is
-// refused).
+// Values of AntispamType (the original's numbers 0, 3 in the file; 4,
+// libdspam, is refused).
 const (
 	AntispamOff          AntispamType = iota // off (alias none)
 	AntispamSpamassassin                     // spamassassin
@@ -451,10 +464,10 @@ const libdspamRefusal = "libdspam is not supported in this build; use spamassass
 
 var antispamTypeDef = &enumDef{
 	aliases: map[string]string{"none": "off"},
-	reject:  map[string]string{"libdspam": libdspamRefusal, "2": libdspamRefusal},
+	reject:  map[string]string{"libdspam": libdspamRefusal, "4": libdspamRefusal},
 	words: []enumWord{
 		{"off", uint32(AntispamOff), 0},
-		{"spamassassin", uint32(AntispamSpamassassin), 1},
+		{"spamassassin", uint32(AntispamSpamassassin), 3},
 	}}
 
 func (a AntispamType) String() string { return antispamTypeDef.name(uint32(a), "AntispamType") }

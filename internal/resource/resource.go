@@ -33,9 +33,11 @@ const (
 type limit struct {
 	name     string // the option
 	resource int    // RLIMIT_*; -1 when the system has none
-	value    int64
-	dflt     int64 // the option's default
+	value    int64  // the option's value
+	dflt     int64  // the option's default
 	floor    int64
+	off      int64 // values up to this leave the system's limit alone
+	set      int64 // the limit set for value
 }
 
 // Note is something Apply could not or would not apply. Default tells
@@ -46,14 +48,31 @@ type Note struct {
 	Default bool
 }
 
+// limits are the limit_* options as smtp-gated 1.4 applied them:
+// limit_core_size when 0 or more; limit_virt_size and limit_data_size
+// when more than 0; limit_fsize when 0 or more, as 8192 bytes more than
+// the largest of itself and the spool's largest file (the larger of
+// scan_max_size and spam_max_size), so that a spool file is never cut
+// short by it.
 func limits(cfg *config.Config) []limit {
 	d := config.Default()
 	return []limit{
-		{"limit_core_size", rlimitCore, cfg.LimitCoreSize, d.LimitCoreSize, 0},
-		{"limit_virt_size", rlimitAS, cfg.LimitVirtSize, d.LimitVirtSize, AddressFloor},
-		{"limit_data_size", rlimitData, cfg.LimitDataSize, d.LimitDataSize, DataFloor},
-		{"limit_fsize", rlimitFsize, cfg.LimitFsize, d.LimitFsize, 0},
+		{"limit_core_size", rlimitCore, cfg.LimitCoreSize, d.LimitCoreSize, 0, -1, cfg.LimitCoreSize},
+		{"limit_virt_size", rlimitAS, cfg.LimitVirtSize, d.LimitVirtSize, AddressFloor, 0, cfg.LimitVirtSize},
+		{"limit_data_size", rlimitData, cfg.LimitDataSize, d.LimitDataSize, DataFloor, 0, cfg.LimitDataSize},
+		{"limit_fsize", rlimitFsize, cfg.LimitFsize, d.LimitFsize, 0, -1, FileSize(cfg)},
 	}
+}
+
+// FileSize is the RLIMIT_FSIZE that limit_fsize sets (when 0 or more):
+// 8192 + max(limit_fsize, scan_max_size, spam_max_size).
+func FileSize(cfg *config.Config) int64 {
+	n := max(cfg.LimitFsize, 0)
+	spool := max(cfg.ScanMaxSize, cfg.SpamMaxSize)
+	if spool > uint64(n) {
+		n = int64(min(spool, 1<<62))
+	}
+	return 8192 + n
 }
 
 // Apply sets cfg's resource limits and priority on the calling process.
@@ -66,19 +85,19 @@ func limits(cfg *config.Config) []limit {
 func Apply(cfg *config.Config) (notes []Note) {
 	signal.Ignore(syscall.SIGXFSZ)
 	for _, l := range limits(cfg) {
-		if l.value < 0 {
-			continue // -1: the system's limit stays
+		if l.value <= l.off {
+			continue // the system's limit stays
 		}
 		if l.resource < 0 {
 			notes = append(notes, Note{fmt.Sprintf("%s %d: not applied, this system has no such limit", l.name, l.value), l.value == l.dflt})
 			continue
 		}
-		if l.value < l.floor {
+		if l.set < l.floor {
 			notes = append(notes, Note{fmt.Sprintf("%s %d: not applied to the daemon (below %d, the Go runtime would fail); applied to action_script only",
 				l.name, l.value, l.floor), l.value == l.dflt})
 			continue
 		}
-		if err := setLimit(l.resource, uint64(l.value)); err != nil {
+		if err := setLimit(l.resource, uint64(l.set)); err != nil {
 			notes = append(notes, Note{Msg: fmt.Sprintf("%s %d: %v", l.name, l.value, err)})
 		}
 	}
@@ -119,14 +138,14 @@ func setLimit(resource int, v uint64) error {
 func Script(cfg *config.Config, path string, args ...string) *exec.Cmd {
 	var pre string
 	for _, l := range limits(cfg) {
-		if l.value < 0 || l.value >= l.floor || l.resource < 0 || l.floor == 0 {
+		if l.value <= l.off || l.set >= l.floor || l.resource < 0 || l.floor == 0 {
 			continue
 		}
 		flag := "-v"
 		if l.resource == rlimitData {
 			flag = "-d"
 		}
-		kib := (l.value + 1023) / 1024
+		kib := (l.set + 1023) / 1024
 		pre += "ulimit " + flag + " " + strconv.FormatInt(kib, 10) + " && "
 	}
 	if pre == "" {

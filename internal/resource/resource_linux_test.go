@@ -29,6 +29,33 @@ func TestScript(t *testing.T) {
 	if c := Script(cfg, "/bin/true"); c.Path != "/bin/true" || len(c.Args) != 1 {
 		t.Errorf("nothing to limit, and the script runs through %v", c.Args)
 	}
+	// 0, as 1.4 read it, leaves the limits alone: the script is not
+	// given an address space of 0 bytes.
+	cfg.LimitVirtSize, cfg.LimitDataSize = 0, 0
+	if c := Script(cfg, "/bin/true"); c.Path != "/bin/true" || len(c.Args) != 1 {
+		t.Errorf("limit_virt_size 0 and limit_data_size 0, and the script runs through %v", c.Args)
+	}
+}
+
+// limit_fsize sets 8192 bytes more than the largest of itself and the
+// largest spool file, as 1.4 did.
+func TestFileSize(t *testing.T) {
+	for _, tt := range []struct {
+		fsize      int64
+		scan, spam uint64
+		want       int64
+	}{
+		{0, 10000000, 500000, 10008192},
+		{0, 0, 0, 8192},
+		{100 << 20, 10000000, 500000, 100<<20 + 8192},
+		{1000, 0, 5000, 13192},
+	} {
+		cfg := config.Default()
+		cfg.LimitFsize, cfg.ScanMaxSize, cfg.SpamMaxSize = tt.fsize, tt.scan, tt.spam
+		if got := FileSize(cfg); got != tt.want {
+			t.Errorf("limit_fsize %d, scan_max_size %d, spam_max_size %d: %d, want %d", tt.fsize, tt.scan, tt.spam, got, tt.want)
+		}
+	}
 }
 
 const childEnv = "RESOURCE_TEST_CHILD"
@@ -65,7 +92,8 @@ func applyChild() {
 	var before unix.Rlimit
 	unix.Getrlimit(unix.RLIMIT_AS, &before)
 	cfg := config.Default()
-	cfg.LimitCoreSize, cfg.LimitFsize, cfg.LimitDataSize, cfg.Priority = 1<<20, 3<<20, -1, 4
+	cfg.LimitCoreSize, cfg.LimitFsize, cfg.LimitDataSize, cfg.Priority = 1<<20, 3<<20-8192, 0, 4
+	cfg.ScanMaxSize, cfg.SpamMaxSize = 1<<20, 1<<20
 	notes := Apply(cfg)
 	if len(notes) != 1 || !strings.Contains(notes[0].Msg, "limit_virt_size 67108864: not applied") || !notes[0].Default {
 		fail("notes %+v, want one for limit_virt_size, at its default", notes)

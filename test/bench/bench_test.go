@@ -52,7 +52,7 @@ spool_path %s/spool
 lock_path %s/lock
 ratelimit_path %s/ratelimit
 max_connections 5000
-max_per_host 0
+max_per_host 5000
 connect_queue 1024
 log_level info
 max_load 0

@@ -53,7 +53,7 @@ pidfile %s/pid
 control_socket %s/ctl.sock
 statefile %s/state
 session_workers 2
-max_per_host 0
+max_per_host 1000
 max_connections 1000
 log_level notice
 max_load 0

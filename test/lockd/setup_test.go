@@ -88,7 +88,7 @@ lock_path %s
 ratelimit_path %s
 log_level debug
 session_workers 4
-max_per_host 0
+max_per_host 200
 max_connections 200
 connect_queue 128
 max_load 0

@@ -52,7 +52,7 @@ ratelimit_path %[3]s/ratelimit
 log_level debug
 session_workers 2
 timeout_shutdown 10
-max_per_host 0
+max_per_host 64
 max_load 0
 %s
 `, s.pf.Port, s.port, s.dir, strings.Join(extra, "\n"))

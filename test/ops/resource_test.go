@@ -55,7 +55,7 @@ func TestResourceLimits(t *testing.T) {
 		"limit_virt_size 16g", "priority 5")
 	want := map[string]string{
 		"Max core file size": "12345678",
-		"Max file size":      "52428800",
+		"Max file size":      "52436992", // 50m + 8192, as 1.4 set it
 		"Max data size":      "2147483648",
 		"Max address space":  "17179869184",
 	}
