@@ -89,7 +89,7 @@ func startFake(t *testing.T, m *master, index int, healthy bool) *fakeWorker {
 // when the stalled worker dies, the sessions it never took go to the
 // healthy one, on the very client connections.
 func TestHandOffStalledWorker(t *testing.T) {
-	cfg, err := config.Parse(strings.NewReader("mode fixed\nfixed_server 127.0.0.1\nmax_per_host 0\nmax_load 0\n"), "test")
+	cfg, err := config.Parse(strings.NewReader("mode fixed\nfixed_server 127.0.0.1\nmax_per_host 10000\nmax_load 0\n"), "test")
 	if err != nil {
 		t.Fatal(err)
 	}

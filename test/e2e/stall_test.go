@@ -70,7 +70,7 @@ func mailOne(addr, token string, hold time.Duration) (time.Duration, error) {
 // and replaced after about 10 s.
 func TestWorkerStalled(t *testing.T) {
 	s := newSetup(t)
-	d := s.start(t, "max_per_host 0", "max_connections 200")
+	d := s.start(t, "max_per_host 200", "max_connections 200")
 	workers := children(t, d)["session"]
 	if len(workers) != 2 {
 		t.Fatalf("session workers %v, want 2", workers)
