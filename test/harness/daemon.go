@@ -77,7 +77,7 @@ type Daemon struct {
 	logDone bool          // the output pipe reached EOF
 	changed chan struct{} // closed and replaced on every new line, notification or exit
 
-	exited chan struct{} // closed when the process has been waited for
+	exited chan struct{} // closed when the process has been waited for and its output read
 	state  *os.ProcessState
 
 	killOnce sync.Once
@@ -317,9 +317,20 @@ func StartDaemon(t testing.TB, config string, opts ...Option) *Daemon {
 	}
 	pw.Close()
 	d.cmd = cmd
-	go d.readLog(pr)
+	logEOF := make(chan struct{})
+	go func() {
+		d.readLog(pr)
+		close(logEOF)
+	}()
 	go func() {
 		cmd.Wait()
+		// The last lines may still be in the pipe: let the reader take
+		// them before the exit is announced, unless a child that
+		// outlives master holds the pipe open.
+		select {
+		case <-logEOF:
+		case <-time.After(2 * time.Second):
+		}
 		d.mu.Lock()
 		d.state = cmd.ProcessState
 		d.broadcastLocked()
