@@ -189,7 +189,9 @@ func acceptRaw(rc syscall.RawConn) (int, error) {
 		}
 	})
 	if err != nil {
-		return -1, err
+		// The poller fails only when the descriptor is closed (its
+		// error, "use of closed file", is not os.ErrClosed itself).
+		return -1, fmt.Errorf("%w: %v", os.ErrClosed, err)
 	}
 	if aerr != nil {
 		return -1, os.NewSyscallError("accept4", aerr)
