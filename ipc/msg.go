@@ -470,8 +470,8 @@ type CtlRequest struct {
 // CtlReply answers a control command. Code is the exit status the client
 // should use (0 success); Text is printed as is.
 type CtlReply struct {
-	Code int    `msgpack:"code"`
-	Text string `msgpack:"text"`
+	Code CtlStatus `msgpack:"code"`
+	Text string    `msgpack:"text"`
 }
 
 // Rate-limit counters, named as their ratelimit_* options
