@@ -141,8 +141,7 @@ func (c *conn) reply(code int, text string) {
 // text for the client and the CLOSE cause.
 func (w *worker) destination(c *conn) (msg string, by ipc.CloseCause) {
 	cfg := c.cfg
-	switch cfg.Mode {
-	case config.ModeFixed, config.ModeFixedXclient:
+	if cfg.Mode.Fixed() {
 		c.setDestination(netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort), "")
 		return "", ""
 	}
