@@ -2,6 +2,7 @@ package master
 
 import (
 	"testing"
+	"time"
 
 	"smtp-gated/ipc"
 )
@@ -42,6 +43,17 @@ func TestCtlPrivileged(t *testing.T) {
 		c := ipc.LookupCtl(tt.args[0])
 		if got := c.Privileged(tt.args[1:]); got != tt.want {
 			t.Errorf("%q: privileged %v, want %v", tt.args, got, tt.want)
+		}
+	}
+}
+
+// A slot waits 250 ms after a death, twice as long after each failure in
+// a row, never more than 30 s.
+func TestBackoff(t *testing.T) {
+	for failures, want := range map[int]time.Duration{0: 250 * time.Millisecond, 1: 500 * time.Millisecond,
+		3: 2 * time.Second, 6: 16 * time.Second, 7: 30 * time.Second, 50: 30 * time.Second} {
+		if got := (&proc{failures: failures}).backoff(); got != want {
+			t.Errorf("after %d failures: %v, want %v", failures, got, want)
 		}
 	}
 }
