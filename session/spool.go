@@ -138,6 +138,10 @@ func (sp *spoolFile) write(b []byte) {
 // writeRaw writes b; on an error the file is removed and err set.
 func (sp *spoolFile) writeRaw(b []byte) {
 	if _, err := sp.f.Write(b); err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // named below as the host names it
+		}
 		sp.err = fmt.Errorf("write %s: %w", sp.hostPath(), err)
 		sp.remove()
 	}
