@@ -334,6 +334,8 @@ func fuzzConfig(flags uint8, noHeader bool) *config.Config {
 		cfg.NatHeaderType = config.NatHeaderNone
 	}
 	cfg.AntivirusType = config.AntivirusClamd
+	// Spam is refused, so that only a clean verdict lets a dot go.
+	cfg.LockOn = config.LockVirus | config.LockSpam
 	cfg.ScanStream = config.ScanStreamNo
 	if flags&2 != 0 {
 		cfg.ScanStream = config.ScanStreamYes
