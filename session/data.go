@@ -238,11 +238,14 @@ func (e *engine) release() error {
 // (scan_max_size, spam_max_size; 0 turns it off) the message is within.
 func (e *engine) scanners(size int64) (av, as bool) {
 	cfg := e.cfg
+	e.mu.Lock()
+	authed := e.authed
+	e.mu.Unlock()
 	within := func(limit uint64) bool { return limit > 0 && (size < 0 || uint64(size) <= limit) }
 	av = cfg.AntivirusType != config.AntivirusOff && within(cfg.ScanMaxSize) &&
-		!(e.authed && cfg.AuthSkip.Has(config.AuthSkipAntivir))
+		!(authed && cfg.AuthSkip.Has(config.AuthSkipAntivir))
 	as = cfg.AntispamType != config.AntispamOff && within(cfg.SpamMaxSize) &&
-		!(e.authed && cfg.AuthSkip.Has(config.AuthSkipAntispam))
+		!(authed && cfg.AuthSkip.Has(config.AuthSkipAntispam))
 	return av, as
 }
 
@@ -268,8 +271,7 @@ func (e *engine) spoolLimit() int64 {
 func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 	av, as := e.scanners(size)
 	if !av && !as {
-		e.log.Infof("[%d] message %d: %d bytes, not scanned (no scanner reads it: antivirus_type, antispam_type, scan_max_size, spam_max_size, auth_skip)",
-			e.c.id, e.c.trns.Load(), size)
+		e.log.Infof("[%d] message %d: %d bytes, not scanned: no scanner reads it (types, sizes, auth_skip)", e.c.id, e.c.trns.Load(), size)
 		return &ipc.Verdict{Kind: ipc.VerdictClean}
 	}
 	v := e.askScanner(sp, size, st)
