@@ -190,7 +190,9 @@ func (e *engine) message() error {
 			return errTakeover
 		}
 		// As 1.4: spam is refused only when lock_on says so; otherwise
-		// it is logged, counted, and goes on to the MTA.
+		// it is logged, counted, and goes on to the MTA. action_script
+		// runs all the same (the manual: "when virus or spam is found").
+		e.foundMessage(config.LockSpam, v, sp, size)
 		e.log.Noticef("[%d] message %d is spam (score %.1f): passed, lock_on lacks spam", e.c.id, e.c.trns.Load(), v.Score)
 		if v.Err == "" {
 			return e.release()

@@ -54,6 +54,7 @@ type fakePeers struct {
 	spfAsked int
 	// noScanner: there is no scanner process.
 	noScanner bool
+	found     []string // the events reported
 }
 
 func (f *fakePeers) dnsblListed(*conn) string { return "" }
@@ -69,7 +70,11 @@ func (f *fakePeers) spfCheck(*conn, *ipc.SpfQuery) (*ipc.SpfAnswer, error) {
 func (f *fakePeers) askLockd(context.Context, *ipc.Policy) (*ipc.PolicyAnswer, error) {
 	return &ipc.PolicyAnswer{}, nil
 }
-func (f *fakePeers) report(*conn, *ipc.Found) {}
+func (f *fakePeers) report(_ *conn, e *ipc.Found) {
+	f.mu.Lock()
+	f.found = append(f.found, e.Event)
+	f.mu.Unlock()
+}
 func (f *fakePeers) scanLink() scanLink {
 	if f.noScanner {
 		return nil

@@ -53,9 +53,10 @@ type scanCase struct {
 	spool    string // spool_path; "" a fresh directory
 	want     string // in the client's replies
 	notWant  string
-	scans    int // scans asked for, -1 not checked
-	spam     int // messages counted as spam
-	spoolNow int // spool files left after the session (spool_leave_on error by default)
+	scans    int    // scans asked for, -1 not checked
+	spam     int    // messages counted as spam
+	found    string // the events reported to lockd, joined by ","
+	spoolNow int    // spool files left after the session (spool_leave_on error by default)
 }
 
 func runScanCase(t *testing.T, tc scanCase) {
@@ -102,6 +103,9 @@ func runScanCase(t *testing.T, tc scanCase) {
 	if tc.scans >= 0 && p.scans != tc.scans {
 		t.Errorf("%d scans asked for, want %d", p.scans, tc.scans)
 	}
+	if got := strings.Join(p.found, ","); got != tc.found {
+		t.Errorf("events reported %q, want %q", got, tc.found)
+	}
 	if spam != tc.spam {
 		t.Errorf("%d messages counted spam, want %d", spam, tc.spam)
 	}
@@ -127,11 +131,13 @@ func TestVerdictPolicy(t *testing.T) {
 	noSpamLock := func(cfg *config.Config) { withSpam(cfg); cfg.LockOn = config.LockVirus }
 	for _, tc := range []scanCase{
 		{name: "spam, lock_on has spam", config: withSpam, verdict: spam,
-			want: "\r\n550 ", notWant: delivered, scans: 1, spam: 1},
+			want: "\r\n550 ", notWant: delivered, scans: 1, spam: 1, found: "spam"},
+		// Passed, but reported all the same: action_script runs when
+		// spam is found.
 		{name: "spam, lock_on lacks spam", config: noSpamLock, verdict: spam, passes: []string{ipc.VerdictSpam},
-			want: delivered, scans: 1, spam: 1},
+			want: delivered, scans: 1, spam: 1, found: "spam"},
 		{name: "spam, lock_on never", config: func(cfg *config.Config) { withSpam(cfg); cfg.LockOn = 0 },
-			verdict: spam, passes: []string{ipc.VerdictSpam}, want: delivered, scans: 1, spam: 1},
+			verdict: spam, passes: []string{ipc.VerdictSpam}, want: delivered, scans: 1, spam: 1, found: "spam"},
 		{name: "spamd fails, clamd clean", spoolNow: 1, config: withSpam,
 			verdict: &ipc.Verdict{Kind: ipc.VerdictClean, Err: "spamd: no answer within 30s", Scanned: []string{"clamd", "spamd"}},
 			want:    delivered, scans: 1},
@@ -149,10 +155,10 @@ func TestVerdictPolicy(t *testing.T) {
 		{name: "no scanner process, clamd", spoolNow: 1, noScan: true, want: "\r\n451 ", notWant: delivered, scans: 0},
 		{name: "clamd fails, spam, lock_on lacks spam", config: noSpamLock,
 			verdict: &ipc.Verdict{Kind: ipc.VerdictSpam, Score: 12.5, Err: "clamd: connect: refused"},
-			want:    "\r\n451 ", notWant: delivered, scans: 1, spam: 1},
+			want:    "\r\n451 ", notWant: delivered, scans: 1, spam: 1, found: "spam"},
 		{name: "clamd fails, spam, lock_on has spam", config: withSpam,
 			verdict: &ipc.Verdict{Kind: ipc.VerdictSpam, Score: 12.5, Err: "clamd: connect: refused"},
-			want:    "\r\n550 ", notWant: delivered, scans: 1, spam: 1},
+			want:    "\r\n550 ", notWant: delivered, scans: 1, spam: 1, found: "spam"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runScanCase(t, tc) })
 	}
