@@ -9,7 +9,7 @@ import (
 // start-up handshake and in every control request; bump it on every change
 // to a message number or payload, so that a master and a child built from
 // different sources refuse each other instead of misreading each other.
-const Version = 4
+const Version = 5
 
 // Type is the number of one message type. Numbers are explicit and never
 // reused: a reader of a packet dump, or of a log line naming a number, can
@@ -299,6 +299,9 @@ type SessionEnd struct {
 	Direct    bool       `msgpack:"direct"`
 	Empty     bool       `msgpack:"empty"`
 	Transacts int        `msgpack:"transactions"`
+	// Spam is the number of messages the scanner found spam, whether
+	// refused or passed (lock_on without spam); at most Transacts.
+	Spam int `msgpack:"spam"`
 }
 
 // SessionsQuery asks a session worker for its live sessions. IDs, when

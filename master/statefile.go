@@ -82,7 +82,7 @@ func (m *master) snap(withSessions bool) *snapshot {
 			s.Rejects[k] += n
 		}
 	}
-	s.Viruses, s.Spam = m.ops.closes["virus"], m.ops.closes["spam"]
+	s.Viruses, s.Spam = m.ops.closes["virus"], m.ops.spam
 	for _, p := range m.allProcs() {
 		s.Restarts[p.String()] = p.restarts
 	}

@@ -60,12 +60,19 @@ func (s *spool) chrooted() {
 
 // spoolFile is one message's spool file. Errors are kept, not returned,
 // so the message keeps flowing to the MTA; the session looks at err
-// before the final dot.
+// before the final dot. A nil *spoolFile is a message that is not
+// spooled (no scanner reads it); its methods do nothing.
 type spoolFile struct {
 	s    *spool
 	name string
 	f    *os.File
 	err  error
+	// max is the most message bytes the file holds (spool_max_size): a
+	// longer message is not scanned, and its file goes as soon as it is
+	// too long. n counts the message bytes written.
+	max, n int64
+	// dropped: the message outgrew max; the file is gone.
+	dropped bool
 }
 
 // path is where the worker opens the file.
@@ -106,17 +113,37 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 		sp.f = f
 		break
 	}
-	sp.write(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, c.trns.Load()))
-	return sp, nil
+	sp.writeRaw(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, c.trns.Load()))
+	return sp, sp.err
 }
 
-// write appends to the spool file; the first error sticks.
+// write appends message bytes to the spool file. A message that grows
+// past max loses its file at once. A file that cannot be written (a full
+// disk, EFBIG) is removed at once too, whatever spool_leave_on says: a
+// partial file is of no use to anyone, and one left on a full disk would
+// fail every later message. The first error sticks.
 func (sp *spoolFile) write(b []byte) {
 	if sp == nil || sp.f == nil || sp.err != nil || len(b) == 0 {
 		return
 	}
+	sp.n += int64(len(b))
+	if sp.max > 0 && sp.n > sp.max {
+		sp.dropped = true
+		sp.remove()
+		return
+	}
+	sp.writeRaw(b)
+}
+
+// writeRaw writes b; on an error the file is removed and err set.
+func (sp *spoolFile) writeRaw(b []byte) {
 	if _, err := sp.f.Write(b); err != nil {
-		sp.err = err
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // named below as the host names it
+		}
+		sp.err = fmt.Errorf("write %s: %w", sp.hostPath(), err)
+		sp.remove()
 	}
 }
 
