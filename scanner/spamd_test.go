@@ -241,7 +241,7 @@ func TestSpamdAdvisory(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		spamd func(net.Conn) // nil: none listening
-		kind  string
+		kind  ipc.VerdictKind
 		errs  []string
 	}{
 		{"both fail", nil, ipc.VerdictError, []string{"clamd: ", "spamd: "}},

@@ -48,7 +48,7 @@ type fakePeers struct {
 	// for messages that are not scanned), the SPF result,
 	// and what was asked.
 	full     []*ipc.Verdict
-	passes   map[string]bool
+	passes   map[ipc.VerdictKind]bool
 	spf      string
 	scans    int
 	spfAsked int

@@ -41,14 +41,14 @@ func unusableSpool(t *testing.T) string {
 const delivered = "250 2.0.0 Ok: queued"
 
 // unscanned lets the MTA model take a dot without a verdict.
-var unscanned = []string{""}
+var unscanned = []ipc.VerdictKind{""}
 
 type scanCase struct {
 	name     string
 	config   func(*config.Config)
-	verdict  *ipc.Verdict // nil: no scan expected
-	passes   []string     // verdict kinds the MTA model lets through besides clean
-	noScan   bool         // no scanner process
+	verdict  *ipc.Verdict      // nil: no scan expected
+	passes   []ipc.VerdictKind // verdict kinds the MTA model lets through besides clean
+	noScan   bool              // no scanner process
 	size     int
 	spool    string // spool_path; "" a fresh directory
 	want     string // in the client's replies
@@ -82,7 +82,7 @@ func runScanCase(t *testing.T, tc scanCase) {
 			if tc.verdict != nil {
 				f.full = []*ipc.Verdict{tc.verdict}
 			}
-			f.passes = map[string]bool{}
+			f.passes = map[ipc.VerdictKind]bool{}
 			for _, k := range tc.passes {
 				f.passes[k] = true
 			}
@@ -134,15 +134,15 @@ func TestVerdictPolicy(t *testing.T) {
 			want: "\r\n550 ", notWant: delivered, scans: 1, spam: 1, found: "spam"},
 		// Passed, but reported all the same: action_script runs when
 		// spam is found.
-		{name: "spam, lock_on lacks spam", config: noSpamLock, verdict: spam, passes: []string{ipc.VerdictSpam},
+		{name: "spam, lock_on lacks spam", config: noSpamLock, verdict: spam, passes: []ipc.VerdictKind{ipc.VerdictSpam},
 			want: delivered, scans: 1, spam: 1, found: "spam"},
 		{name: "spam, lock_on never", config: func(cfg *config.Config) { withSpam(cfg); cfg.LockOn = 0 },
-			verdict: spam, passes: []string{ipc.VerdictSpam}, want: delivered, scans: 1, spam: 1, found: "spam"},
+			verdict: spam, passes: []ipc.VerdictKind{ipc.VerdictSpam}, want: delivered, scans: 1, spam: 1, found: "spam"},
 		{name: "spamd fails, clamd clean", spoolNow: 1, config: withSpam,
 			verdict: &ipc.Verdict{Kind: ipc.VerdictClean, Err: "spamd: no answer within 30s", Scanned: []string{"clamd", "spamd"}},
 			want:    delivered, scans: 1},
 		{name: "spamd only, fails", spoolNow: 1, config: func(cfg *config.Config) { withSpam(cfg); cfg.AntivirusType = config.AntivirusOff },
-			verdict: &ipc.Verdict{Kind: ipc.VerdictError, Err: "spamd: connect: refused"}, passes: []string{ipc.VerdictError},
+			verdict: &ipc.Verdict{Kind: ipc.VerdictError, Err: "spamd: connect: refused"}, passes: []ipc.VerdictKind{ipc.VerdictError},
 			want: delivered, scans: 1},
 		{name: "spamd only, no scanner process", spoolNow: 1, passes: unscanned, config: func(cfg *config.Config) { withSpam(cfg); cfg.AntivirusType = config.AntivirusOff },
 			noScan: true, want: delivered, scans: 0},
@@ -150,7 +150,7 @@ func TestVerdictPolicy(t *testing.T) {
 			verdict: &ipc.Verdict{Kind: ipc.VerdictError, Err: "clamd: connect: refused"},
 			want:    "\r\n451 ", notWant: delivered, scans: 1},
 		{name: "clamd fails, ignore_errors", spoolNow: 1, config: func(cfg *config.Config) { withSpam(cfg); cfg.IgnoreErrors = true },
-			verdict: &ipc.Verdict{Kind: ipc.VerdictError, Err: "clamd: connect: refused"}, passes: []string{ipc.VerdictError},
+			verdict: &ipc.Verdict{Kind: ipc.VerdictError, Err: "clamd: connect: refused"}, passes: []ipc.VerdictKind{ipc.VerdictError},
 			want: delivered, scans: 1},
 		{name: "no scanner process, clamd", spoolNow: 1, noScan: true, want: "\r\n451 ", notWant: delivered, scans: 0},
 		{name: "clamd fails, spam, lock_on lacks spam", config: noSpamLock,
