@@ -165,7 +165,7 @@ func (s *server) found(f *ipc.Found) error {
 	if lock {
 		now := time.Now()
 		unlock := s.keys.lock(c.addr)
-		res, lerr = s.makeLock(cfg, c, f.Event, time.Time{}, false, now)
+		res, lerr = s.makeLock(cfg, c, lockCause(f), time.Time{}, false, now)
 		unlock()
 		switch {
 		case lerr != nil:
@@ -189,7 +189,7 @@ func (s *server) found(f *ipc.Found) error {
 		if res.created {
 			lockFile = res.path
 		}
-		s.script.start(cfg, scriptEnv(cfg, f, lockFile), what)
+		s.script.start(cfg, scriptArgs(f), scriptEnv(cfg, f, lockFile), what)
 	}
 	return lerr
 }

@@ -412,6 +412,18 @@ func (c *Config) ProxyHostName() string {
 	return strings.ReplaceAll(c.ProxyName, "*", h)
 }
 
+// HostPath is p, the value of a path option, as the host names it. As in
+// 1.4, when chroot_path is set every path option (pidfile, statefile,
+// spool_path, lock_path, ratelimit_path, action_script, the scanners'
+// sockets) names a path inside it: HostPath puts chroot_path in front.
+// An empty p stays empty.
+func (c *Config) HostPath(p string) string {
+	if p == "" || c.ChrootPath == "" {
+		return p
+	}
+	return filepath.Join(c.ChrootPath, p)
+}
+
 // ControlSocketPath returns the control socket's path and whether it was
 // set: control_socket when set, otherwise control.sock in the pidfile's
 // directory ("" when pidfile is not set either).
