@@ -253,3 +253,33 @@ func TestRegexFound(t *testing.T) {
 		}
 	}
 }
+
+// Lock files with an ident are named as 1.4 named them: bytes of the
+// ident other than letters, digits and -=+: written '_', 20 bytes kept.
+// So an administrator's file of a 1.4 installation still protects its
+// client, and the daemon's own locks have the names 1.4's tools expect.
+func TestIdentFileNames14(t *testing.T) {
+	s := newSetup(t)
+	s.start(t, "lock_on virus", "lock_duration 3600")
+	// 1.4's name for the ident "DOM\user.name": an administrator's file.
+	admin := filepath.Join(s.lockDir(), "127.0.0.9-DOM_user_name")
+	if err := os.WriteFile(admin, []byte("never lock him\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := s.ctl(t, nil, "lock", `127.0.0.9-DOM\user.name`); code != 1 || !strings.Contains(out, "administrator's file") {
+		t.Errorf("lock of an ident protected by its 1.4-named file: exit %d %q", code, out)
+	}
+	// A lock the daemon makes for an ident gets 1.4's name.
+	s.mustCtl(t, "lock", "127.0.0.9-a.b@example.org/very/long/ident", "1h", "abuse")
+	path := filepath.Join(s.lockDir(), "127.0.0.9-a_b_example_org_very")
+	if uid, _, content := fileOwner(t, path); uid != s.uid || !strings.HasPrefix(content, "abuse\n") {
+		t.Errorf("lock file %s: uid %d, content %q", path, uid, content)
+	}
+	if out := s.mustCtl(t, "locks"); !strings.Contains(out, "127.0.0.9-a_b_example_org_very") {
+		t.Errorf("locks:\n%s", out)
+	}
+	s.mustCtl(t, "unlock", "127.0.0.9-a.b@example.org/very/long/ident")
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("after unlock: %v", err)
+	}
+}
