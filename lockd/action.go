@@ -3,6 +3,8 @@ package lockd
 import (
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,9 +37,11 @@ const (
 // scriptRunner runs action scripts.
 type scriptRunner struct {
 	log     *logx.Logger
+	stdin   *os.File // /dev/null (nil: os/exec opens it)
 	timeout time.Duration
 	slots   chan struct{}
 	waiting atomic.Int32
+	noShell atomic.Bool    // logged: no /bin/sh to set the limits
 	wg      sync.WaitGroup // running and waiting scripts, for tests
 }
 
@@ -71,8 +75,21 @@ func (r *scriptRunner) run(cfg *config.Config, args, env []string, what string) 
 	// resource.Script applies the limit_* options the daemon's own
 	// processes leave out; the others are inherited from lockd.
 	cmd := resource.Script(cfg, cfg.ActionScript, args...)
+	if cmd.Path != cfg.ActionScript {
+		// The limits are set by /bin/sh, which a chroot_path may not
+		// have: the script runs all the same.
+		if _, err := os.Stat(cmd.Path); err != nil {
+			if !r.noShell.Swap(true) {
+				r.log.Warningf("action_script: %v: limit_virt_size and limit_data_size are not applied to the script", err)
+			}
+			cmd = exec.Command(cfg.ActionScript, args...)
+		}
+	}
 	cmd.Env = env
 	cmd.Dir = r.workDir(cfg)
+	if r.stdin != nil {
+		cmd.Stdin = r.stdin // a chroot may have no /dev/null
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &capped{max: scriptOutput}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -107,7 +124,7 @@ func (r *scriptRunner) run(cfg *config.Config, args, env []string, what string) 
 // (its own working directory), or "/" when spool_path is not a directory
 // lockd can enter: a script that cannot start there still runs.
 func (r *scriptRunner) workDir(cfg *config.Config) string {
-	dir := cfg.HostPath(cfg.SpoolPath)
+	dir := cfg.SpoolPath
 	if dir == "" {
 		return "/"
 	}
@@ -262,7 +279,7 @@ func scriptEnv(cfg *config.Config, f *ipc.Found, lockFile string) []string {
 		{"SIZE", strconv.FormatInt(f.Size, 10)},
 		{"TRANSACTION", strconv.Itoa(f.Transaction)},
 		{"AUTH", strconv.Itoa(f.Auth)},
-		{"SPOOL_NAME", f.Spool},
+		{"SPOOL_NAME", spoolName(cfg, f.Spool)},
 		{"LOCK_FILE", lockFile},
 		{"LOCK_DURATION", strconv.FormatInt(cfg.LockDuration, 10)},
 		{"TIME", num(0, false)},
@@ -276,6 +293,20 @@ func scriptEnv(cfg *config.Config, f *ipc.Found, lockFile string) []string {
 		env = append(env, v[0]+"="+envSafe(v[1]))
 	}
 	return env
+}
+
+// spoolName is the spool file's path as the script sees it. A session
+// worker names it as the host does; a script that runs in chroot_path (cfg
+// has it only when lockd's root is chroot_path) sees it inside.
+func spoolName(cfg *config.Config, path string) string {
+	if cfg.ChrootPath == "" || path == "" {
+		return path
+	}
+	rest, ok := strings.CutPrefix(path, filepath.Clean(cfg.ChrootPath)+"/")
+	if !ok {
+		return path
+	}
+	return "/" + rest
 }
 
 // envSafe escapes (logx.Escape) the bytes a client or a session worker

@@ -233,3 +233,26 @@ func TestScriptConcurrency(t *testing.T) {
 		}
 	}
 }
+
+// A script that runs in chroot_path sees the spool file inside it.
+func TestSpoolNameInChroot(t *testing.T) {
+	dir := t.TempDir()
+	chrooted := testConfig(t, dir, "chroot_path /jail/")
+	for _, c := range []struct {
+		chroot     bool
+		path, want string
+	}{
+		{true, "/jail/var/spool/msg/1.2", "/var/spool/msg/1.2"},
+		{true, "/jailbreak/msg/1.2", "/jailbreak/msg/1.2"},
+		{true, "", ""},
+		{false, "/jail/var/spool/msg/1.2", "/jail/var/spool/msg/1.2"},
+	} {
+		cfg := chrooted
+		if !c.chroot {
+			cfg = chrooted.OnHost()
+		}
+		if got := spoolName(cfg, c.path); got != c.want {
+			t.Errorf("spoolName(chroot %v, %q) = %q, want %q", c.chroot, c.path, got, c.want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	case *ipc.Config:
 		old := s.cfg.Load()
 		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			cfg = s.view(cfg)
 			s.env.Refit(cfg, confinePaths(cfg))
 			s.cfg.Store(cfg)
 			if old.LockPath != cfg.LockPath || old.RatelimitPath != cfg.RatelimitPath ||
