@@ -9,6 +9,7 @@ import (
 
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
+	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
 
@@ -148,7 +149,7 @@ func (w *worker) countIdent(c *conn) bool {
 func earlyReject(c *conn, by ipc.CloseCause, code int, text string) bool {
 	c.by = by
 	c.reply(code, text)
-	hangUp(c.client)
+	smtp.HangUp(c.client)
 	return false
 }
 
