@@ -50,7 +50,7 @@ func TestChrooted14Config(t *testing.T) {
 	}
 	conf := fmt.Sprintf(`# smtp-gated 1.4, chrooted
 mode fixed
-fixed_server 127.0.0.1
+fixed_server 127.0.0.1 # the MTA
 fixed_server_port %d
 bind_address 127.0.0.1
 port %d
@@ -58,6 +58,8 @@ proxy_name test-proxy
 chroot_path %s
 set_user %s
 set_group %[4]s
+limit_core_size 0
+limit_fsize 0
 pidfile /run/%[5]s/smtp-gated.pid
 statefile /run/%[5]s/state
 spool_path /var/spool/%[5]s/msg
@@ -70,7 +72,7 @@ antivirus_type clamd
 antivirus_path /run/%[5]s/clamd.ctl
 msg_virus_found virus found
 lock_on virus
-lock_duration 3600
+lock_duration 3600  # an hour
 log_level 7
 session_workers 2
 max_load 0
