@@ -283,3 +283,39 @@ func TestIdentFileNames14(t *testing.T) {
 		t.Errorf("after unlock: %v", err)
 	}
 }
+
+// A client over ratelimit_rcptto_rejects with lock_on ratelimit: the
+// script's FOUND is 1.4's RATELIMIT_RCPTTO_REJECTS, and so is the lock
+// file's content.
+func TestRatelimitFound(t *testing.T) {
+	s := newSetup(t)
+	s.start(t, "ratelimit_expiration 3600", "ratelimit_rcptto_rejects 1", "lock_on ratelimit", "lock_duration 3600",
+		"action_script "+s.script)
+	c := harness.DialFrom(t, "127.0.0.8", s.addr())
+	c.Expect(220)
+	c.Ehlo("client.test")
+	c.Cmd("MAIL FROM:<a@example.com>", 250)
+	refused := false
+	for range 4 {
+		c.Send("RCPT TO:<reject@example.org>\r\n")
+		code, text, _ := c.Reply()
+		if code == 0 {
+			break
+		}
+		if strings.Contains(text, "test-proxy") {
+			refused = true
+			break
+		}
+	}
+	c.Close()
+	if !refused {
+		t.Fatal("no refusal of the proxy's after 4 refused recipients with ratelimit_rcptto_rejects 1")
+	}
+	env := s.waitEnvs(t, 1)[0]
+	if env["FOUND"] != "RATELIMIT_RCPTTO_REJECTS" || env["ARG1"] != "RATELIMIT_RCPTTO_REJECTS" || env["ARG2"] != "127.0.0.8" {
+		t.Errorf("FOUND %q, arguments %q %q", env["FOUND"], env["ARG1"], env["ARG2"])
+	}
+	if _, _, content := fileOwner(t, filepath.Join(s.lockDir(), "127.0.0.8")); content != "RATELIMIT_RCPTTO_REJECTS\n" {
+		t.Errorf("lock file content %q", content)
+	}
+}
