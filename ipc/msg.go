@@ -531,7 +531,10 @@ type Found struct {
 	IdentCount int `msgpack:"ident_count"`
 	// Detail is the virus name, the DNSBL zone, the refused address or
 	// name, the rate-limit counter: what the event was about.
-	Detail      string  `msgpack:"detail"`
+	Detail string `msgpack:"detail"`
+	// Command is the SMTP command a regex event refused (HELO, EHLO,
+	// MAIL or RCPT): action_script's FOUND names it.
+	Command     string  `msgpack:"command"`
 	SpamScore   float64 `msgpack:"spam_score"`
 	Helo        string  `msgpack:"helo"`
 	MailFrom    string  `msgpack:"mail_from"`

@@ -37,7 +37,10 @@ func prepareSpool(path string, perm uint32, uid, gid int) *spool {
 		return &spool{err: errors.New("spool_path is not set")}
 	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(path, 0o750); err == nil && os.Geteuid() == 0 && uid >= 0 {
+		// Missing parents are made as system directories (0755): other
+		// processes of set_user pass through them (lock_path beside it).
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.Mkdir(path, 0o750); err == nil && os.Geteuid() == 0 && uid >= 0 {
 			os.Chown(path, uid, gid)
 		}
 	}
