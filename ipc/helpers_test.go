@@ -3,6 +3,7 @@ package ipc
 import (
 	"net/netip"
 	"os"
+	"smtp-gated/internal/config"
 	"testing"
 	"unsafe"
 
@@ -54,7 +55,7 @@ func samples() map[Type]any {
 			Add:   []Delta{{Name: RateBytes, N: 1 << 33}, {Name: RateMessages, N: -1}},
 			Check: []string{RateBytes, RateMailfromRejects}, Take: []string{RateMessages}},
 		MsgPolicyAnswer: &PolicyAnswer{Locked: true, Cause: "virus", Over: RateRecipients, Err: "read-only file system"},
-		MsgFound: &Found{Event: "virus", ID: 1<<38 + 1, Client: v4, Local: v4b, Target: v6, Ident: "bob",
+		MsgFound: &Found{Event: config.LockVirus, ID: 1<<38 + 1, Client: v4, Local: v4b, Target: v6, Ident: "bob",
 			IdentCount: 2, Detail: "Eicar-Test-Signature", Command: "RCPT", SpamScore: 1002.3, Helo: "client.example",
 			MailFrom: "a@example.com", Rcpts: 3, Size: 1 << 34, Transaction: 2, Auth: 5,
 			Spool: "/var/spool/smtp-gated/msg/1700000000.7", Start: 1700000000},

@@ -3,6 +3,7 @@ package ipc
 import (
 	"fmt"
 	"net/netip"
+	"smtp-gated/internal/config"
 )
 
 // Version is the version of this catalogue. It is exchanged in the
@@ -521,7 +522,7 @@ type PolicyAnswer struct {
 // the session knew, which becomes action_script's environment. Fields
 // not known are zero.
 type Found struct {
-	Event  string         `msgpack:"event"`
+	Event  config.LockOn  `msgpack:"event"`
 	ID     uint64         `msgpack:"id"`
 	Client netip.AddrPort `msgpack:"client"`
 	Local  netip.AddrPort `msgpack:"local"`

@@ -30,9 +30,16 @@ func TestUnknownCauseAndState(t *testing.T) {
 		a.Close()
 		b.Close()
 	}
+	// A Found whose event is no lock_on word.
 	a, b := connPair(t)
 	defer a.Close()
 	defer b.Close()
+	if err := a.Send(MsgFound, 1, false, map[string]any{"event": "frob\nLOCK"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Recv(); !errors.Is(err, ErrMalformed) {
+		t.Errorf("FOUND with an unknown event: %v, want ErrMalformed", err)
+	}
 	for _, by := range CloseCauses() {
 		if err := a.Send(MsgSessionEnd, 1, false, &SessionEnd{ID: 1, By: by}); err != nil {
 			t.Fatal(err)

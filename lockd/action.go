@@ -162,9 +162,10 @@ func (c *capped) logged() string {
 
 // foundWords are the values of FOUND per lock_on event, 1.4's words;
 // regex and ratelimit events are named further by foundWord.
-var foundWords = map[string]string{
-	"virus": "VIRUS", "spam": "SPAM", "maxhost": "MAX_HOST", "maxident": "MAX_IDENT",
-	"dnsbl": "DNSBL", "spf": "SPF", "regex": "REGEX", "earlytalker": "EARLYTALK", "ratelimit": "RATELIMIT",
+var foundWords = map[config.LockOn]string{
+	config.LockVirus: "VIRUS", config.LockSpam: "SPAM", config.LockMaxHost: "MAX_HOST", config.LockMaxIdent: "MAX_IDENT",
+	config.LockDNSBL: "DNSBL", config.LockSPF: "SPF", config.LockRegex: "REGEX", config.LockEarlytalker: "EARLYTALK",
+	config.LockRatelimit: "RATELIMIT",
 }
 
 // foundWord is the value of FOUND for f, as 1.4 named its events: a regex
@@ -174,7 +175,7 @@ var foundWords = map[string]string{
 // counters that did not lock in 1.4 RATELIMIT_CONNECTIONS, ...).
 func foundWord(f *ipc.Found) string {
 	switch f.Event {
-	case "regex":
+	case config.LockRegex:
 		switch strings.ToUpper(f.Command) {
 		case "HELO", "EHLO":
 			return "REGEX_HELO"
@@ -183,7 +184,7 @@ func foundWord(f *ipc.Found) string {
 		case "RCPT":
 			return "REGEX_RCPT_TO"
 		}
-	case "ratelimit":
+	case config.LockRatelimit:
 		// The worker's word is trusted only when it names a counter.
 		if slices.Contains(counterNames[:], f.Detail) {
 			return "RATELIMIT_" + strings.ToUpper(f.Detail)
@@ -195,14 +196,10 @@ func foundWord(f *ipc.Found) string {
 	return "UNKNOWN"
 }
 
-// scriptEvents are the events the manual runs the script for even when
-// they do not lock.
-var scriptEvents = map[string]bool{"virus": true, "spam": true, "maxhost": true, "maxident": true}
-
 // lockCause is what a lock file made for f says, as 1.4 wrote it: the
 // virus name for a virus, the value of FOUND for the others.
 func lockCause(f *ipc.Found) string {
-	if f.Event == "virus" && f.Detail != "" {
+	if f.Event == config.LockVirus && f.Detail != "" {
 		return f.Detail
 	}
 	return foundWord(f)
@@ -251,7 +248,7 @@ func scriptEnv(cfg *config.Config, f *ipc.Found, lockFile string) []string {
 		return strconv.FormatInt(n, 10)
 	}
 	virus := ""
-	if f.Event == "virus" {
+	if f.Event == config.LockVirus {
 		virus = f.Detail
 	}
 	identCount := 0

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
 )
 
@@ -55,7 +56,7 @@ func TestScriptEnvironment(t *testing.T) {
 	spool := t.TempDir()
 	s, _ := testServer(t, "lock_on virus", "lock_duration 3600", "action_script "+envScript(t, out), "spool_path "+spool)
 	start := time.Unix(1795000000, 0)
-	f := &ipc.Found{Event: "virus", ID: 9, Client: cli4, Local: local4, Target: mta4, Ident: "alice", IdentCount: 2,
+	f := &ipc.Found{Event: config.LockVirus, ID: 9, Client: cli4, Local: local4, Target: mta4, Ident: "alice", IdentCount: 2,
 		Detail: "Eicar-Test-Signature.UNOFFICIAL", Helo: "client.test", MailFrom: "a@example.com", Rcpts: 3, Size: 1234,
 		Transaction: 2, Auth: 5, Spool: "/var/spool/smtp-gated/msg/1795000000.9", Start: start.Unix()}
 	found(t, s, f)
@@ -93,10 +94,10 @@ func TestScriptEnvironment(t *testing.T) {
 func TestScriptWithoutLocking(t *testing.T) {
 	out := t.TempDir()
 	s, _ := testServer(t, "lock_on never", "action_script "+envScript(t, out), "spool_path "+filepath.Join(out, "none"))
-	found(t, s, &ipc.Found{Event: "spam", Client: cli4, SpamScore: 1002.3})
-	found(t, s, &ipc.Found{Event: "maxhost", Client: cli4})
-	found(t, s, &ipc.Found{Event: "dnsbl", Client: cli4, Detail: "bl.test"})
-	found(t, s, &ipc.Found{Event: "ratelimit", Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockSpam, Client: cli4, SpamScore: 1002.3})
+	found(t, s, &ipc.Found{Event: config.LockMaxHost, Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockDNSBL, Client: cli4, Detail: "bl.test"})
+	found(t, s, &ipc.Found{Event: config.LockRatelimit, Client: cli4})
 	s.script.wg.Wait()
 	got := runs(t, out)
 	var words []string
@@ -119,7 +120,7 @@ func TestScriptWithoutLocking(t *testing.T) {
 		t.Errorf("runs for %v, want SPAM and MAX_HOST", words)
 	}
 	// An unknown event is refused.
-	if err := s.found(&ipc.Found{Event: "frob", Client: cli4}); err == nil {
+	if err := s.found(&ipc.Found{Event: config.LockVirus | config.LockSpam, Client: cli4}); err == nil {
 		t.Error("unknown event accepted")
 	}
 }
@@ -131,23 +132,23 @@ func TestFoundWords(t *testing.T) {
 		f           ipc.Found
 		found, lock string
 	}{
-		{ipc.Found{Event: "virus", Detail: "Eicar-Test-Signature"}, "VIRUS", "Eicar-Test-Signature"},
-		{ipc.Found{Event: "spam", SpamScore: 9}, "SPAM", "SPAM"},
-		{ipc.Found{Event: "maxhost"}, "MAX_HOST", "MAX_HOST"},
-		{ipc.Found{Event: "maxident", Detail: "alice"}, "MAX_IDENT", "MAX_IDENT"},
-		{ipc.Found{Event: "dnsbl", Detail: "bl.test"}, "DNSBL", "DNSBL"},
-		{ipc.Found{Event: "spf", Detail: "a@b.test"}, "SPF", "SPF"},
-		{ipc.Found{Event: "earlytalker"}, "EARLYTALK", "EARLYTALK"},
-		{ipc.Found{Event: "regex", Command: "HELO", Detail: "x"}, "REGEX_HELO", "REGEX_HELO"},
-		{ipc.Found{Event: "regex", Command: "EHLO", Detail: "x"}, "REGEX_HELO", "REGEX_HELO"},
-		{ipc.Found{Event: "regex", Command: "MAIL", Detail: "a@b"}, "REGEX_MAIL_FROM", "REGEX_MAIL_FROM"},
-		{ipc.Found{Event: "regex", Command: "RCPT", Detail: "a@b"}, "REGEX_RCPT_TO", "REGEX_RCPT_TO"},
-		{ipc.Found{Event: "regex", Command: "DATA"}, "REGEX", "REGEX"},
-		{ipc.Found{Event: "ratelimit", Detail: ipc.RateMailfromRejects}, "RATELIMIT_MAILFROM_REJECTS", "RATELIMIT_MAILFROM_REJECTS"},
-		{ipc.Found{Event: "ratelimit", Detail: ipc.RateRcpttoRejects}, "RATELIMIT_RCPTTO_REJECTS", "RATELIMIT_RCPTTO_REJECTS"},
-		{ipc.Found{Event: "ratelimit", Detail: ipc.RateConnections}, "RATELIMIT_CONNECTIONS", "RATELIMIT_CONNECTIONS"},
-		{ipc.Found{Event: "ratelimit", Detail: "x\n"}, "RATELIMIT", "RATELIMIT"}, // not a counter
-		{ipc.Found{Event: "frob"}, "UNKNOWN", "UNKNOWN"},
+		{ipc.Found{Event: config.LockVirus, Detail: "Eicar-Test-Signature"}, "VIRUS", "Eicar-Test-Signature"},
+		{ipc.Found{Event: config.LockSpam, SpamScore: 9}, "SPAM", "SPAM"},
+		{ipc.Found{Event: config.LockMaxHost}, "MAX_HOST", "MAX_HOST"},
+		{ipc.Found{Event: config.LockMaxIdent, Detail: "alice"}, "MAX_IDENT", "MAX_IDENT"},
+		{ipc.Found{Event: config.LockDNSBL, Detail: "bl.test"}, "DNSBL", "DNSBL"},
+		{ipc.Found{Event: config.LockSPF, Detail: "a@b.test"}, "SPF", "SPF"},
+		{ipc.Found{Event: config.LockEarlytalker}, "EARLYTALK", "EARLYTALK"},
+		{ipc.Found{Event: config.LockRegex, Command: "HELO", Detail: "x"}, "REGEX_HELO", "REGEX_HELO"},
+		{ipc.Found{Event: config.LockRegex, Command: "EHLO", Detail: "x"}, "REGEX_HELO", "REGEX_HELO"},
+		{ipc.Found{Event: config.LockRegex, Command: "MAIL", Detail: "a@b"}, "REGEX_MAIL_FROM", "REGEX_MAIL_FROM"},
+		{ipc.Found{Event: config.LockRegex, Command: "RCPT", Detail: "a@b"}, "REGEX_RCPT_TO", "REGEX_RCPT_TO"},
+		{ipc.Found{Event: config.LockRegex, Command: "DATA"}, "REGEX", "REGEX"},
+		{ipc.Found{Event: config.LockRatelimit, Detail: ipc.RateMailfromRejects}, "RATELIMIT_MAILFROM_REJECTS", "RATELIMIT_MAILFROM_REJECTS"},
+		{ipc.Found{Event: config.LockRatelimit, Detail: ipc.RateRcpttoRejects}, "RATELIMIT_RCPTTO_REJECTS", "RATELIMIT_RCPTTO_REJECTS"},
+		{ipc.Found{Event: config.LockRatelimit, Detail: ipc.RateConnections}, "RATELIMIT_CONNECTIONS", "RATELIMIT_CONNECTIONS"},
+		{ipc.Found{Event: config.LockRatelimit, Detail: "x\n"}, "RATELIMIT", "RATELIMIT"}, // not a counter
+		{ipc.Found{Event: config.LockOn(1 << 30)}, "UNKNOWN", "UNKNOWN"},
 	} {
 		if got := foundWord(&c.f); got != c.found {
 			t.Errorf("%s/%s/%s: FOUND %q, want %q", c.f.Event, c.f.Command, c.f.Detail, got, c.found)
@@ -166,7 +167,7 @@ func TestScriptTimeoutAndFailure(t *testing.T) {
 	s, lb := testServer(t, "lock_on never", "action_script "+hang)
 	s.script.timeout = 300 * time.Millisecond
 	begin := time.Now()
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4})
 	if d := time.Since(begin); d > 200*time.Millisecond {
 		t.Errorf("found waited %v for the script", d)
 	}
@@ -191,13 +192,13 @@ func TestScriptTimeoutAndFailure(t *testing.T) {
 	}
 
 	s.setConfig(t, "lock_on never", "action_script "+script(t, "echo something went wrong >&2; exit 3"))
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4})
 	s.script.wg.Wait()
 	if !strings.Contains(lb.String(), `exit status 3`) || !strings.Contains(lb.String(), `something went wrong`) {
 		t.Errorf("failure not logged with its output:\n%s", lb)
 	}
 	s.setConfig(t, "lock_on never", "action_script /nonexistent/script")
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4})
 	s.script.wg.Wait()
 	if !strings.Contains(lb.String(), "/nonexistent/script") {
 		t.Errorf("a missing script not logged:\n%s", lb)
@@ -219,7 +220,7 @@ func TestScriptConcurrency(t *testing.T) {
 	body := fmt.Sprintf(`touch %[1]s/run.$$; sleep 0.2; ls %[1]s | grep -c '^run\.' >> %[1]s/counts; rm %[1]s/run.$$`, dir)
 	s, _ := testServer(t, "lock_on never", "action_script "+script(t, body))
 	for range 12 {
-		found(t, s, &ipc.Found{Event: "virus", Client: cli4})
+		found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4})
 	}
 	s.script.wg.Wait()
 	b, _ := os.ReadFile(filepath.Join(dir, "counts"))

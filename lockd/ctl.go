@@ -89,7 +89,7 @@ func (s *server) ctlLocks(cfg *config.Config) *ipc.CtlReply {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "lock_path %s, lock_duration %d", cfg.LockPath, cfg.LockDuration)
-	if !locking(cfg) {
+	if !cfg.Locking() {
 		b.WriteString(" (locking is off: locks are not checked)")
 	}
 	b.WriteString("\n")
@@ -145,7 +145,7 @@ func (s *server) ctlLock(cfg *config.Config, args []string, uid int) *ipc.CtlRep
 	if err != nil {
 		return ctlReply(ipc.CtlUsage, "lock: %v", err)
 	}
-	if !locking(cfg) {
+	if !cfg.Locking() {
 		return ctlReply(ipc.CtlFailed, "lock: locking is off (lock_duration 0): a lock would not be checked")
 	}
 	rest := args[1:]
@@ -241,7 +241,7 @@ func (s *server) ctlUnlock(cfg *config.Config, arg string, uid int) *ipc.CtlRepl
 func showRecord(cfg *config.Config, c client, r *record, note string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "client %v, file %s%s\n", c, filepath.Join(cfg.RatelimitPath, c.fileName()), note)
-	if !rating(cfg) {
+	if !cfg.Rating() {
 		b.WriteString("rate limiting is off (ratelimit_period 0): nothing is counted or refused\n")
 	}
 	gen := fmt.Sprintf("generation %d", r.Generation)
@@ -256,7 +256,7 @@ func showRecord(cfg *config.Config, c client, r *record, note string) string {
 	fmt.Fprintf(&b, "%s\n", gen)
 	start := time.Unix(r.Start, 0)
 	fmt.Fprintf(&b, "period started %s", start.Format(time.DateTime))
-	if rating(cfg) {
+	if cfg.Rating() {
 		fmt.Fprintf(&b, ", ends %s (ratelimit_period %d)", start.Add(time.Duration(cfg.RatelimitExpiration)*time.Second).Format(time.DateTime), cfg.RatelimitExpiration)
 	}
 	b.WriteString("\n")

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
 )
 
@@ -19,7 +18,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 			s.env.Refit(cfg, confinePaths(cfg))
 			s.cfg.Store(cfg)
 			if old.LockPath != cfg.LockPath || old.RatelimitPath != cfg.RatelimitPath ||
-				locking(old) != locking(cfg) || rating(old) != rating(cfg) {
+				old.Locking() != cfg.Locking() || old.Rating() != cfg.Rating() {
 				makeDirs(cfg, s.log) // as set_user now: only where it may
 				s.checkDirs(cfg)
 			}
@@ -103,7 +102,7 @@ func (s *server) policy(q *ipc.Policy) *ipc.PolicyAnswer {
 	unlock := s.keys.lock(c.addr)
 	defer unlock()
 	now := time.Now()
-	if q.Lock && locking(cfg) {
+	if q.Lock && cfg.Locking() {
 		locked, cause, err := s.lockState(cfg, c, now)
 		if err != nil {
 			s.log.Errf("[%d] %v: lock state: %v", q.ID, c, err)
@@ -119,7 +118,7 @@ func (s *server) policy(q *ipc.Policy) *ipc.PolicyAnswer {
 		r.Check, r.Take = nil, nil
 		q = &r
 	}
-	if rating(cfg) && len(q.Add)+len(q.Check)+len(q.Take) > 0 {
+	if cfg.Rating() && len(q.Add)+len(q.Check)+len(q.Take) > 0 {
 		over, err := s.rate(cfg, c, q, now)
 		if err != nil {
 			s.log.Errf("[%d] %v: rate limits: %v", q.ID, c, err)
@@ -130,13 +129,6 @@ func (s *server) policy(q *ipc.Policy) *ipc.PolicyAnswer {
 	return a
 }
 
-// events are the lock_on words a Found may carry.
-var events = map[string]config.LockOn{
-	"virus": config.LockVirus, "spam": config.LockSpam, "maxhost": config.LockMaxHost,
-	"maxident": config.LockMaxIdent, "dnsbl": config.LockDNSBL, "spf": config.LockSPF,
-	"regex": config.LockRegex, "earlytalker": config.LockEarlytalker, "ratelimit": config.LockRatelimit,
-}
-
 // found handles an event: a lock when lock_on names it (unless an
 // administrator's file protects the client, or it is locked already),
 // then action_script, per the manual: when the lock was made, and for
@@ -145,12 +137,8 @@ var events = map[string]config.LockOn{
 // not be made). The lock exists when found returns; the script runs later.
 func (s *server) found(f *ipc.Found) error {
 	cfg := s.cfg.Load()
-	if f.Event == "earlytalk" {
-		f.Event = "earlytalker"
-	}
-	bit, ok := events[f.Event]
-	if !ok {
-		return fmt.Errorf("unknown event %q", f.Event)
+	if !f.Event.IsEvent() {
+		return fmt.Errorf("unknown event %v", f.Event)
 	}
 	c, err := newClient(f.Client.Addr(), f.Ident)
 	if err != nil {
@@ -160,7 +148,7 @@ func (s *server) found(f *ipc.Found) error {
 	if f.Detail != "" {
 		what += " (" + printable(f.Detail) + ")"
 	}
-	lock := locking(cfg) && cfg.LockOn.Has(bit)
+	lock := cfg.Locks(f.Event)
 	var res lockResult
 	var lerr error
 	if lock {
@@ -184,7 +172,7 @@ func (s *server) found(f *ipc.Found) error {
 			s.log.Debugf("[%d] %v locked already: %s", f.ID, c, what)
 		}
 	}
-	run := res.created || (scriptEvents[f.Event] && (!lock || res.protector != nil || lerr != nil))
+	run := res.created || (f.Event.RunsScript() && (!lock || res.protector != nil || lerr != nil))
 	if run && cfg.ActionScript != "" {
 		lockFile := ""
 		if res.created {

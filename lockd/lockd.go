@@ -107,11 +107,9 @@ func confinePaths(cfg *config.Config) map[string]string {
 
 // locking reports whether lock files are looked at: lock_duration 0
 // turns locking off.
-func locking(cfg *config.Config) bool { return cfg.LockDuration != 0 }
 
 // rating reports whether rate limits are kept: ratelimit_period 0 turns
 // them off.
-func rating(cfg *config.Config) bool { return cfg.RatelimitExpiration > 0 }
 
 // makeDirs creates lock_path and ratelimit_path when they are missing,
 // owned by set_user when lockd is root. Existing directories are left as
@@ -124,7 +122,7 @@ func makeDirs(cfg *config.Config, log *logx.Logger) {
 	for _, dir := range []struct {
 		path string
 		used bool
-	}{{cfg.LockPath, locking(cfg)}, {cfg.RatelimitPath, rating(cfg)}} {
+	}{{cfg.LockPath, cfg.Locking()}, {cfg.RatelimitPath, cfg.Rating()}} {
 		if !dir.used || dir.path == "" {
 			continue
 		}
@@ -152,13 +150,13 @@ func makeDirs(cfg *config.Config, log *logx.Logger) {
 // temporary files a killed lockd left behind (no other lockd writes
 // there now).
 func (s *server) checkDirs(cfg *config.Config) {
-	if locking(cfg) && unix.Access(cfg.LockPath, unix.W_OK|unix.X_OK) != nil {
+	if cfg.Locking() && unix.Access(cfg.LockPath, unix.W_OK|unix.X_OK) != nil {
 		s.log.Errf("lock_path %s: not writable by this user (uid %d): clients cannot be locked", cfg.LockPath, s.uid)
 	}
-	if rating(cfg) && unix.Access(cfg.RatelimitPath, unix.W_OK|unix.X_OK) != nil {
+	if cfg.Rating() && unix.Access(cfg.RatelimitPath, unix.W_OK|unix.X_OK) != nil {
 		s.log.Errf("ratelimit_path %s: not writable by this user (uid %d): sessions will be refused (4xx)", cfg.RatelimitPath, s.uid)
 	}
-	if rating(cfg) {
+	if cfg.Rating() {
 		s.countRateFiles(cfg)
 	}
 	far := time.Now().Add(time.Hour)
@@ -192,7 +190,7 @@ func (s *server) sweeper() {
 	for {
 		time.Sleep(sweepEvery(s.cfg.Load()))
 		cfg, now := s.cfg.Load(), time.Now()
-		if locking(cfg) {
+		if cfg.Locking() {
 			s.sweepLocks(cfg, now)
 		}
 		if now.Sub(lastRates) >= rateSweepEvery {

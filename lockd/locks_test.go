@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
 )
 
@@ -27,11 +28,11 @@ func locked(t testing.TB, s *server, q *ipc.Policy) bool {
 func TestLockOnVirus(t *testing.T) {
 	s, lb := testServer(t, "lock_on virus", "lock_duration 3600", "lock_perm 0604")
 	cfg := s.cfg.Load()
-	found(t, s, &ipc.Found{Event: "spam", Client: cli4}) // not in lock_on
+	found(t, s, &ipc.Found{Event: config.LockSpam, Client: cli4}) // not in lock_on
 	if locked(t, s, &ipc.Policy{Client: cli4}) {
 		t.Fatal("locked for spam without lock_on spam")
 	}
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4, Detail: "Eicar"})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4, Detail: "Eicar"})
 	path := filepath.Join(cfg.LockPath, "192.0.2.1")
 	st, err := os.Stat(path)
 	if err != nil {
@@ -58,7 +59,7 @@ func TestLockOnVirus(t *testing.T) {
 	if !locked(t, s, &ipc.Policy{Client: cli4, Ident: "bob"}) {
 		t.Error("an ident of a locked address is not locked")
 	}
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4b, Ident: "carol"})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4b, Ident: "carol"})
 	if _, err := os.Stat(filepath.Join(cfg.LockPath, "192.0.2.2-carol")); err != nil {
 		t.Error(err)
 	}
@@ -67,7 +68,7 @@ func TestLockOnVirus(t *testing.T) {
 		t.Error("ident locks: want carol locked, dave and the address not")
 	}
 	// IPv6.
-	found(t, s, &ipc.Found{Event: "virus", Client: cli6})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli6})
 	if _, err := os.Stat(filepath.Join(cfg.LockPath, "2001_db8__1")); err != nil || !locked(t, s, &ipc.Policy{Client: cli6}) {
 		t.Errorf("IPv6 lock: %v", err)
 	}
@@ -76,8 +77,8 @@ func TestLockOnVirus(t *testing.T) {
 func TestLockExpiry(t *testing.T) {
 	s, lb := testServer(t, "lock_on any", "lock_duration 2")
 	cfg := s.cfg.Load()
-	found(t, s, &ipc.Found{Event: "regex", Client: cli4})
-	found(t, s, &ipc.Found{Event: "earlytalk", Client: cli4b}) // the manual's word
+	found(t, s, &ipc.Found{Event: config.LockRegex, Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockEarlytalker, Client: cli4b}) // the manual's word
 	path := filepath.Join(cfg.LockPath, "192.0.2.1")
 	old := time.Now().Add(-3 * time.Second)
 	os.Chtimes(path, old, old)
@@ -105,7 +106,7 @@ func TestLockExpiry(t *testing.T) {
 	}
 	// lock_duration -1: forever.
 	s.setConfig(t, "lock_on virus", "lock_duration -1")
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4})
 	s.sweepLocks(s.cfg.Load(), time.Now().Add(100*365*24*time.Hour))
 	if !locked(t, s, &ipc.Policy{Client: cli4}) {
 		t.Error("lock_duration -1: not locked forever")
@@ -115,7 +116,7 @@ func TestLockExpiry(t *testing.T) {
 	if locked(t, s, &ipc.Policy{Client: cli4}) {
 		t.Error("lock_duration 0: a lock is looked at")
 	}
-	found(t, s, &ipc.Found{Event: "virus", Client: cli6})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli6})
 	if _, err := os.Stat(filepath.Join(cfg.LockPath, "2001_db8__1")); !os.IsNotExist(err) {
 		t.Error("lock_duration 0: a lock was made")
 	}
@@ -145,9 +146,9 @@ func TestAdminFile(t *testing.T) {
 			t.Errorf("%v %q: an administrator's file is a lock", q.Client, q.Ident)
 		}
 	}
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4})
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4, Ident: "x"})
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4b, Ident: "carol"})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4, Ident: "x"})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4b, Ident: "carol"})
 	s.sweepLocks(cfg, time.Now().Add(time.Hour))
 	ents, _ := os.ReadDir(cfg.LockPath)
 	if len(ents) != 2 {
@@ -170,7 +171,7 @@ func TestAdminFile(t *testing.T) {
 	}
 	os.Remove(filepath.Join(cfg.LockPath, "192.0.2.2"))
 	// But cli4b's own address can be locked.
-	found(t, s, &ipc.Found{Event: "virus", Client: cli4b})
+	found(t, s, &ipc.Found{Event: config.LockVirus, Client: cli4b})
 	if !locked(t, s, &ipc.Policy{Client: cli4b}) {
 		t.Error("192.0.2.2 not locked: only 192.0.2.2-carol is protected")
 	}

@@ -123,7 +123,7 @@ func (m *master) overLoad(cfg *config.Config) bool {
 // so that the lock exists before the client reads the refusal.
 func (m *master) rejectEvent(c *net.TCPConn, code int, text, by string, src, local netip.AddrPort, id uint64) {
 	if by == "maxhost" {
-		m.found(&ipc.Found{Event: "maxhost", ID: id, Client: src, Local: local, Start: time.Now().Unix()})
+		m.found(&ipc.Found{Event: config.LockMaxHost, ID: id, Client: src, Local: local, Start: time.Now().Unix()})
 	}
 	m.reject(c, code, text)
 }
@@ -131,10 +131,7 @@ func (m *master) rejectEvent(c *net.TCPConn, code int, text, by string, src, loc
 // found tells lockd of an event, when lockd would do something with it:
 // a lock (lock_on), or the action script. It waits (bounded) for lockd.
 func (m *master) found(f *ipc.Found) {
-	cfg := m.cfg.Load()
-	lock := cfg.LockDuration != 0 && ((f.Event == "maxhost" && cfg.LockOn.Has(config.LockMaxHost)) ||
-		(f.Event == "maxident" && cfg.LockOn.Has(config.LockMaxIdent)))
-	if !lock && cfg.ActionScript == "" {
+	if !m.cfg.Load().WantsEvent(f.Event) {
 		return
 	}
 	r, err := m.callLockd(ipc.MsgFound, f, ipc.MsgAck)

@@ -72,7 +72,7 @@ func (f *fakePeers) askLockd(context.Context, *ipc.Policy) (*ipc.PolicyAnswer, e
 }
 func (f *fakePeers) report(_ *conn, e *ipc.Found) {
 	f.mu.Lock()
-	f.found = append(f.found, e.Event)
+	f.found = append(f.found, e.Event.String())
 	f.mu.Unlock()
 }
 func (f *fakePeers) scanLink() scanLink {

@@ -60,10 +60,8 @@ func (p *policy) takePending() []ipc.Delta {
 }
 
 // locking: lock_duration 0 turns locking off.
-func locking(cfg *config.Config) bool { return cfg.LockDuration != 0 }
 
 // rating: ratelimit_period 0 turns rate limits off.
-func rating(cfg *config.Config) bool { return cfg.RatelimitExpiration > 0 }
 
 // askLockd sends one Policy request and waits, bounded, for the answer.
 // An answer that says lockd could not tell is an error too.
@@ -96,9 +94,9 @@ func (w *worker) admitSession(c *conn) bool {
 	if c.ident != "" && !w.countIdent(c) {
 		return false
 	}
-	if locking(cfg) || rating(cfg) {
-		q := &ipc.Policy{ID: c.id, Client: c.src, Ident: c.ident, Lock: locking(cfg)}
-		if rating(cfg) {
+	if cfg.Locking() || cfg.Rating() {
+		q := &ipc.Policy{ID: c.id, Client: c.src, Ident: c.ident, Lock: cfg.Locking()}
+		if cfg.Rating() {
 			q.Take = []string{ipc.RateConnections}
 		}
 		a, err := w.askLockd(c.ctx, q)
@@ -153,20 +151,10 @@ func earlyReject(c *conn, by ipc.CloseCause, code int, text string) bool {
 	return false
 }
 
-// scriptEvents are the events that run action_script even when they do
-// not lock (the manual's ACTION SCRIPT).
-const scriptEvents = config.LockVirus | config.LockSpam | config.LockMaxHost | config.LockMaxIdent
-
-// wantsEvent reports whether lockd does anything with event: a lock
-// (lock_on), or the action script.
-func wantsEvent(cfg *config.Config, event config.LockOn) bool {
-	return (locking(cfg) && cfg.LockOn.Has(event)) || (cfg.ActionScript != "" && scriptEvents.Has(event))
-}
-
 // event is what the session knows of itself for an event report.
 func (c *conn) event(event config.LockOn, detail string) *ipc.Found {
 	return &ipc.Found{
-		Event: event.String(), ID: c.id, Client: c.src, Local: c.local, Target: c.dst,
+		Event: event, ID: c.id, Client: c.src, Local: c.local, Target: c.dst,
 		Ident: c.ident, IdentCount: c.pol.identCount, Detail: detail,
 		Transaction: int(c.trns.Load()), Auth: int(c.authFlag.Load()), Start: c.start.Unix(),
 	}
@@ -187,14 +175,7 @@ func (w *worker) found(c *conn, event config.LockOn, detail string) {
 }
 
 func (w *worker) report(c *conn, f *ipc.Found) {
-	var event config.LockOn
-	for _, b := range []config.LockOn{config.LockVirus, config.LockSpam, config.LockMaxHost, config.LockMaxIdent,
-		config.LockDNSBL, config.LockSPF, config.LockRegex, config.LockEarlytalker, config.LockRatelimit} {
-		if b.String() == f.Event {
-			event = b
-		}
-	}
-	if !wantsEvent(c.cfg, event) {
+	if !c.cfg.WantsEvent(f.Event) {
 		return
 	}
 	lp := w.lockd.Load()
@@ -248,7 +229,7 @@ func (e *engine) report(f *ipc.Found) {
 // reports true when it answered the command itself.
 func (e *engine) rateRefused(verb string) bool {
 	cfg := e.cfg
-	if !rating(cfg) {
+	if !cfg.Rating() {
 		return false
 	}
 	q := &ipc.Policy{ID: e.c.id, Client: e.c.src, Ident: e.c.ident, Add: e.c.pol.takePending()}
@@ -304,7 +285,7 @@ func rateReply(cfg *config.Config, name string) (code int, enhanced, text string
 // rejection. Called from answer, with e.mu held: the counts go to lockd
 // with the session's next request.
 func (e *engine) rateAnswer(verb string, code int) {
-	if !rating(e.cfg) {
+	if !e.cfg.Rating() {
 		return
 	}
 	switch {
@@ -324,11 +305,11 @@ func (e *engine) rateAnswer(verb string, code int) {
 // client gets a 451, and errTakeover ends the relayed session.
 func (e *engine) beforeDot() error {
 	cfg := e.cfg
-	if !locking(cfg) && !rating(cfg) {
+	if !cfg.Locking() && !cfg.Rating() {
 		return nil
 	}
-	q := &ipc.Policy{ID: e.c.id, Client: e.c.src, Ident: e.c.ident, Lock: locking(cfg)}
-	if rating(cfg) {
+	q := &ipc.Policy{ID: e.c.id, Client: e.c.src, Ident: e.c.ident, Lock: cfg.Locking()}
+	if cfg.Rating() {
 		q.Add = append(e.c.pol.takePending(), ipc.Delta{Name: ipc.RateBytes, N: e.c.pol.size})
 	}
 	a, err := e.p.askLockd(e.c.ctx, q)
@@ -352,7 +333,7 @@ func (e *engine) beforeDot() error {
 // policyEnd tells lockd the counts the session's last replies gave.
 func (w *worker) policyEnd(c *conn) {
 	d := c.pol.takePending()
-	if len(d) == 0 || !rating(c.cfg) {
+	if len(d) == 0 || !c.cfg.Rating() {
 		return
 	}
 	if _, err := w.askLockd(context.Background(), &ipc.Policy{ID: c.id, Client: c.src, Ident: c.ident, Add: d}); err != nil {

@@ -127,7 +127,7 @@ func TestAdmitSession(t *testing.T) {
 			wantFound := tc.name == "over"
 			if gotFound := len(asked) == 2; gotFound != wantFound {
 				t.Errorf("requests %+v: a found event %v, want %v", asked, gotFound, wantFound)
-			} else if wantFound && asked[1].(*ipc.Found).Event != "ratelimit" {
+			} else if wantFound && asked[1].(*ipc.Found).Event != config.LockRatelimit {
 				t.Errorf("found %+v", asked[1])
 			}
 		})
@@ -200,11 +200,11 @@ func TestRateAnswerAndReplies(t *testing.T) {
 			t.Errorf("%s: %d %q", name, code, text)
 		}
 	}
-	if !wantsEvent(cfg, config.LockVirus) || wantsEvent(cfg, config.LockSpam) {
-		t.Error("wantsEvent with lock_on virus")
+	if !cfg.WantsEvent(config.LockVirus) || cfg.WantsEvent(config.LockSpam) {
+		t.Error("WantsEvent with lock_on virus")
 	}
-	if !wantsEvent(policyConfig(t, "lock_on never", "action_script /bin/true"), config.LockMaxHost) ||
-		wantsEvent(policyConfig(t, "lock_on never", "action_script /bin/true"), config.LockDNSBL) {
-		t.Error("wantsEvent with an action script and no locking")
+	if script := policyConfig(t, "lock_on never", "action_script /bin/true"); !script.WantsEvent(config.LockMaxHost) ||
+		script.WantsEvent(config.LockDNSBL) {
+		t.Error("WantsEvent with an action script and no locking")
 	}
 }

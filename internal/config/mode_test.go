@@ -30,3 +30,31 @@ func TestModePredicates(t *testing.T) {
 		}
 	}
 }
+
+// An event travels as its lock_on word, and nothing else is an event.
+func TestEventText(t *testing.T) {
+	for _, e := range []LockOn{LockVirus, LockSpam, LockMaxHost, LockMaxIdent, LockDNSBL, LockSPF, LockRegex, LockEarlytalker, LockRatelimit} {
+		b, err := e.MarshalText()
+		var back LockOn
+		if err != nil || back.UnmarshalText(b) != nil || back != e {
+			t.Errorf("%v: %q %v, read back %v", e, b, err, back)
+		}
+	}
+	var e LockOn
+	if e.UnmarshalText([]byte("earlytalk")) != nil || e != LockEarlytalker {
+		t.Errorf("earlytalk: %v", e)
+	}
+	for _, w := range []string{"", "any", "never", "virus,spam", "VIRUS", "frob\n"} {
+		if e.UnmarshalText([]byte(w)) == nil {
+			t.Errorf("%q read as an event", w)
+		}
+	}
+	for _, e := range []LockOn{LockAny, LockVirus | LockSpam, 1 << 30} {
+		if _, err := e.MarshalText(); err == nil {
+			t.Errorf("%v written as an event", e)
+		}
+	}
+	if !LockMaxIdent.RunsScript() || LockDNSBL.RunsScript() {
+		t.Error("RunsScript")
+	}
+}

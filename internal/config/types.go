@@ -247,6 +247,64 @@ func (s LockOn) Has(f LockOn) bool { return hasBits(uint32(s), uint32(f)) }
 
 func (s LockOn) String() string { return lockOnDef.format(uint32(s)) }
 
+// An event is a LockOn of one bit: what happened to a client that lock_on
+// may name. Between processes it travels as its word (MarshalText), and
+// UnmarshalText takes nothing but one event's word (or the alias
+// earlytalk).
+
+// MarshalText writes event e as its lock_on word; no event (0) is
+// written as nothing, which UnmarshalText refuses.
+func (e LockOn) MarshalText() ([]byte, error) {
+	if e == 0 {
+		return nil, nil
+	}
+	if !e.IsEvent() {
+		return nil, fmt.Errorf("%v is not one event", e)
+	}
+	return []byte(e.String()), nil
+}
+
+// UnmarshalText reads one event's word.
+func (e *LockOn) UnmarshalText(b []byte) error {
+	w := string(b)
+	if a, ok := lockOnDef.aliases[w]; ok {
+		w = a
+	}
+	for _, x := range lockOnDef.words {
+		if x.name == w {
+			*e = LockOn(x.val)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown event %q", b[:min(len(b), 40)])
+}
+
+// IsEvent reports whether e is one event.
+func (e LockOn) IsEvent() bool { return e != 0 && e&(e-1) == 0 && LockAny.Has(e) }
+
+// RunsScript reports whether event e runs action_script even when it does
+// not lock (virus, spam, maxhost, maxident: the manual's ACTION SCRIPT).
+func (e LockOn) RunsScript() bool {
+	return (LockVirus | LockSpam | LockMaxHost | LockMaxIdent).Has(e)
+}
+
+// Locking reports whether clients are locked: lock_duration 0 turns
+// locking off.
+func (c *Config) Locking() bool { return c.LockDuration != 0 }
+
+// Rating reports whether rate limits are kept: ratelimit_expiration 0
+// turns them off.
+func (c *Config) Rating() bool { return c.RatelimitExpiration > 0 }
+
+// Locks reports whether event e locks its client.
+func (c *Config) Locks(e LockOn) bool { return c.Locking() && c.LockOn.Has(e) }
+
+// WantsEvent reports whether lockd does anything with event e: a lock, or
+// the action script.
+func (c *Config) WantsEvent(e LockOn) bool {
+	return c.Locks(e) || (c.ActionScript != "" && e.RunsScript())
+}
+
 // SpoolLeaveOn is the spool_leave_on bit set: when a spool file is kept.
 type SpoolLeaveOn uint32
 

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
 	"smtp-gated/test/harness"
 )
@@ -214,18 +215,18 @@ func TestWorkerForgeries(t *testing.T) {
 	}
 	rounds := []round{
 		{"found for an address not its session's", func(t *testing.T, w *stolen, y *liveSession) string {
-			a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: "virus", ID: y.id, Client: forged, Detail: "Forged"}).(*ipc.Ack)
+			a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: config.LockVirus, ID: y.id, Client: forged, Detail: "Forged"}).(*ipc.Ack)
 			if a.Err == "" {
 				t.Errorf("found for %v accepted", forged)
 			}
 			return `client 192\.0\.2\.7:4321 is not session \d+'s`
 		}},
 		{"found for another worker's session", func(t *testing.T, w *stolen, y *liveSession) string {
-			call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: "virus", ID: x.id, Client: x.src})
+			call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: config.LockVirus, ID: x.id, Client: x.src})
 			return fmt.Sprintf(`request about session \d+, which is session worker %d's`, x.worker)
 		}},
 		{"found for a session master does not know", func(t *testing.T, w *stolen, y *liveSession) string {
-			a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: "spam", ID: 1 << 50, Client: forged}).(*ipc.Ack)
+			a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: config.LockSpam, ID: 1 << 50, Client: forged}).(*ipc.Ack)
 			if !strings.Contains(a.Err, "not registered") {
 				t.Errorf("found for an unknown session: %q", a.Err)
 			}
@@ -384,7 +385,7 @@ func TestWorkerStringsEscaped(t *testing.T) {
 	if !strings.Contains(table, escaped) || rawBytes(table) {
 		t.Errorf("smtpgatectl sessions:\n%q", table)
 	}
-	a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: "virus", ID: x.id, Client: x.src,
+	a := call(t, w.lockd, ipc.MsgFound, &ipc.Found{Event: config.LockVirus, ID: x.id, Client: x.src,
 		Detail: "Virus\x1b[2J\nLOCK 10.0.0.1", Helo: "evil\r\n\x1b]0;title\x07", MailFrom: "a\x1b@b\xff"}).(*ipc.Ack)
 	if a.Err != "" {
 		t.Fatalf("a Found of the worker's own session refused: %s", a.Err)
