@@ -104,8 +104,8 @@ cross:
 # installed as root when missing; its service is not started), smtp-gated
 # with scanners off, clamd alone and smtp-gated with clamd. About 5 minutes
 # on 2 CPUs. BENCH_PROFILE=DIR also records each of the daemon's processes
-# with perf(1) under the bulk, small and clamd loads, reports in DIR. The
-# other benchmarks of test/bench run with go test -bench NAME.
+# with perf(1) under the bulk, small, pipelined and clamd loads, reports
+# in DIR. The other benchmarks of test/bench run with go test -bench NAME.
 BENCH_PROFILE ?=
 bench: build
 	@if [ "$$(id -u)" = 0 ]; then ./test/install-deps.sh haproxy clamav-daemon; \

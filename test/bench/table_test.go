@@ -23,9 +23,9 @@ const (
 	// standard output (`make bench`: bench.txt).
 	EnvTable = "SMTPGATED_BENCH_TABLE"
 	// EnvProfile names a directory: after the measured rounds, one more
-	// run of the bulk, small and clamd loads through the proxy is recorded
-	// with perf(1), each of the daemon's processes on its own, and perf's
-	// report of each is written there (profile_test.go).
+	// run of the bulk, small, pipelined and clamd loads through the proxy
+	// is recorded with perf(1), each of the daemon's processes on its
+	// own, and perf's report of each is written there (profile_test.go).
 	EnvProfile = "SMTPGATED_BENCH_PROFILE"
 )
 
@@ -199,6 +199,7 @@ func table(b *testing.B) {
 	if prof != "" {
 		profile(b, prof, "bulk", r.daemon, func() { bulkLoad(r.proxy) })
 		profile(b, prof, "small", r.daemon, func() { smallLoad(r.proxy) })
+		profile(b, prof, "pipelined", r.daemon, func() { pipeLoad(r.proxy) })
 	}
 
 	// Cost grows linearly: sessions/s as clients are added, MB/s as
