@@ -16,8 +16,8 @@ import (
 )
 
 // listen opens the listening socket with connect_queue as its backlog
-// (the net package would use the system's maximum).
-func listen(addr netip.Addr, port uint16, backlog int) (*net.TCPListener, error) {
+// (see backlog: 0 is the system's maximum).
+func listen(addr netip.Addr, port uint16, queue int) (*net.TCPListener, error) {
 	if !addr.IsValid() {
 		addr = netip.IPv4Unspecified()
 	}
@@ -44,10 +44,7 @@ func listen(addr netip.Addr, port uint16, backlog int) (*net.TCPListener, error)
 	if err := unix.Bind(fd, sa); err != nil {
 		return nil, fmt.Errorf("listen on %v: bind: %w", ap, err)
 	}
-	if backlog <= 0 {
-		backlog = 16
-	}
-	if err := unix.Listen(fd, backlog); err != nil {
+	if err := unix.Listen(fd, backlog(queue)); err != nil {
 		return nil, fmt.Errorf("listen on %v: %w", ap, err)
 	}
 	l, err := net.FileListener(f)

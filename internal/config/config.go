@@ -34,7 +34,7 @@ type Config struct {
 	SetUser        string     // default "" [RESTART]
 	SetGroup       string     // default "" [RESTART]
 	Priority       int64      // default 0 (no change) [RESTART]
-	ConnectQueue   int64      // default 16 (listen backlog)
+	ConnectQueue   int64      // default 0: the kernel's maximum, SOMAXCONN (listen backlog)
 	EnfileSleep    int64      // default 5 (seconds)
 	OnTakeoverCmds uint64     // default 10
 	BufferSize     uint64     // default 1516
@@ -279,7 +279,7 @@ func Default() *Config {
 		Port:           9199,
 		OutgoingAddr:   netip.IPv4Unspecified(),
 		Pidfile:        "/var/run/smtp-gated/smtp-gated.pid",
-		ConnectQueue:   16,
+		ConnectQueue:   0,
 		EnfileSleep:    5,
 		OnTakeoverCmds: 10,
 		BufferSize:     1516,

@@ -53,7 +53,6 @@ lock_path %s/lock
 ratelimit_path %s/ratelimit
 max_connections 5000
 max_per_host 5000
-connect_queue 1024
 log_level info
 max_load 0
 %s
