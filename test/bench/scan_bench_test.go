@@ -16,7 +16,7 @@ import (
 	"smtp-gated/test/harness"
 )
 
-// Scanning with clamd (issue 4, "Measured"): how long the client waits at
+// Scanning with clamd: how long the client waits at
 // the final dot when the message is scanned, against clamd's own scan
 // time of the same file measured in the same run; and messages/s with
 // scanning on. clamd is the harness's (test/peers/clamd.sh): an offline

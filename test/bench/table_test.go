@@ -29,7 +29,7 @@ const (
 	EnvProfile = "SMTPGATED_BENCH_PROFILE"
 )
 
-// The loads of the table (issue 13).
+// The loads of the table.
 const (
 	rounds      = 5 // measured rounds of the three main loads, after a warm-up round
 	scaleRounds = 3 // of the scale rows
@@ -60,7 +60,7 @@ type path struct {
 	pids func() []int
 }
 
-// goal is what issue 13 asks of a row, checked on the medians.
+// goal is the project's target for a row, checked on the medians.
 type goal struct {
 	text string
 	met  func(direct, haproxy, proxy float64) bool
@@ -136,7 +136,7 @@ func cpuTime(b *testing.B, pids []int) time.Duration {
 	return time.Duration(ns)
 }
 
-// BenchmarkTable is `make bench`: every figure of issue 13 measured in one
+// BenchmarkTable is `make bench`: every figure of the table measured in one
 // run, side by side, on the same in-memory sink MTA — directly, through
 // HAProxy in mode tcp, and through smtp-gated with scanners off — and, with
 // clamd scanning every message, against the same clamd driven directly.
