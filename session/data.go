@@ -126,6 +126,7 @@ func (e *engine) message() error {
 	case oversize:
 		sp.remove()
 		e.setBy("size")
+		e.reason = cfg.MsgSizeLimit
 		e.local(".", 552, "5.3.4", cfg.MsgSizeLimit)
 		return errTakeover
 	case fwdErr != nil:
@@ -138,6 +139,7 @@ func (e *engine) message() error {
 		e.log.Errf("[%d] spool %s: %v", e.c.id, sp.hostPath(), sp.err)
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
 		e.setBy("spool")
+		e.reason = cfg.MsgSpoolProblem
 		e.local(".", 451, "4.3.0", cfg.MsgSpoolProblem)
 		return errTakeover
 	}
@@ -158,14 +160,16 @@ func (e *engine) message() error {
 		}
 		e.closeMTA()
 		e.foundMessage(config.LockVirus, v, sp, size)
-		e.local(".", 550, "5.7.1", cfg.MsgVirusFound+": "+name)
+		e.reason = fmt.Sprintf("%s (%s)", cfg.MsgVirusFound, name)
+		e.local(".", 550, "5.7.1", e.reason)
 		return errTakeover
 	case ipc.VerdictSpam:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveSpam) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
 		e.setBy("spam")
 		e.closeMTA()
 		e.foundMessage(config.LockSpam, v, sp, size)
-		e.local(".", 550, "5.7.1", fmt.Sprintf("%s (score %.1f)", cfg.MsgSpamFound, v.Score))
+		e.reason = fmt.Sprintf("%s [%f]", cfg.MsgSpamFound, v.Score)
+		e.local(".", 550, "5.7.1", e.reason)
 		return errTakeover
 	}
 	// The scanner failed.
@@ -176,6 +180,7 @@ func (e *engine) message() error {
 	}
 	e.setBy("scanner")
 	e.closeMTA()
+	e.reason = cfg.MsgScannerFailed
 	e.local(".", 451, "4.3.0", cfg.MsgScannerFailed)
 	return errTakeover
 }

@@ -43,7 +43,11 @@ type pending struct {
 	arg   string
 	local []byte      // the proxy's own reply, when the command is not forwarded
 	reply *smtp.Reply // the MTA's reply, once it came
-	done  chan struct{}
+	// code, enhanced, text: a reply of the proxy's own made in its turn
+	// (local), when whether the MTA offers enhanced codes is known.
+	code           int
+	enhanced, text string
+	done           chan struct{}
 }
 
 // engine is the state of one SMTP session between a client and the MTA.
@@ -83,13 +87,15 @@ type engine struct {
 	waitCap, fwdCap int
 	peak            int          // the longest the queue was
 	rep             logx.Repeats // per-command log lines of the session
-	// reason is the MAIL reply of a takeover session that is not about a
-	// message (a failed destination look-up); msg_virus_no_more if empty.
+	// reason is why the session was taken over (a virus and its name, a
+	// regex, a failed destination look-up...): the takeover session's
+	// reply to MAIL, as in 1.4; msg_virus_no_more if empty.
 	reason string
-	// dnsblDone, dnsblZone: the DNSBL check that auth_skip dnsbl moved
+	// dnsblDone, dnsblZone, dnsblAnswer: the DNSBL check that auth_skip dnsbl moved
 	// to the first MAIL FROM (checks.go).
-	dnsblDone bool
-	dnsblZone string
+	dnsblDone   bool
+	dnsblZone   string
+	dnsblAnswer string
 }
 
 // errTakeover ends the relayed part of a session: the proxy talks to the
@@ -176,6 +182,10 @@ func (e *engine) run() {
 		e.takeover()
 	case errors.Is(err, errDirect):
 		e.goDirect()
+	case errors.Is(err, errHangUp):
+		e.closeMTA()
+		e.pushClient()
+		hangUp(e.cli)
 	}
 	e.closeMTA()
 	e.cli.Close()
@@ -330,9 +340,14 @@ func (e *engine) flushLocked() {
 		p := e.queue[0]
 		switch {
 		case p.local != nil:
+			if p.code != 0 {
+				p.local = e.reply(p.code, p.enhanced, p.text)
+			}
 			e.cw.Write(p.local)
 		case p.reply != nil:
-			e.cw.Write(p.reply.Raw())
+			if p.verb != proxyQuit {
+				e.cw.Write(p.reply.Raw())
+			}
 		default:
 			return
 		}
@@ -368,9 +383,11 @@ func (e *engine) flushClient() {
 	e.cw.Flush()
 }
 
-// local queues the proxy's own reply to a command it does not forward.
+// local queues the proxy's own reply to a command it does not forward. It
+// is made in its turn: the enhanced code is given if the MTA's reply to
+// an EHLO before it offered ENHANCEDSTATUSCODES.
 func (e *engine) local(verb string, code int, enhanced, text string) {
-	e.enqueue(&pending{verb: verb, local: e.reply(code, enhanced, text)})
+	e.enqueue(&pending{verb: verb, local: e.reply(code, enhanced, text), code: code, enhanced: enhanced, text: text})
 }
 
 // serverLoop reads the MTA's replies and gives each to the command it
@@ -492,6 +509,10 @@ func (e *engine) answer(r *smtp.Reply) bool {
 			e.direct = true
 			stop = true
 		}
+	case proxyQuit:
+		// The MTA's last word: what it does next is no reply.
+		e.mtaGone = true
+		stop = true
 	}
 	e.rateAnswer(p.verb, r.Code)
 	p.reply = r

@@ -45,7 +45,7 @@ type fakePeers struct {
 	clean    int    // clean verdicts since the last message started at the MTA
 }
 
-func (f *fakePeers) dnsblListed(*conn) string { return "" }
+func (f *fakePeers) dnsblListed(*conn) (string, string) { return "", "" }
 func (f *fakePeers) spfCheck(*conn, *ipc.SpfQuery) (*ipc.SpfAnswer, error) {
 	return &ipc.SpfAnswer{Result: "pass"}, nil
 }
