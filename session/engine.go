@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
@@ -207,11 +205,23 @@ func (e *engine) closeMTA() {
 func (e *engine) greet(idle time.Duration) bool {
 	e.srv.SetReadDeadline(time.Now().Add(idle))
 	if e.cfg.Mode == config.ModeFixedXclient {
+		// Exempt from earlytalker, as in 1.4: the client may have
+		// talked during the proxy's own dialogue with the MTA.
 		r, ok := e.xclient()
 		if !ok {
 			return false
 		}
 		return e.relayGreeting(r)
+	}
+	if e.cfg.Earlytalker && e.earlyTalker() {
+		e.setBy("earlytalker")
+		e.log.Noticef("[%d] earlytalker: %v sent a command before the greeting", e.c.id, e.c.src)
+		e.found(config.LockEarlytalker, "")
+		e.closeMTA()
+		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
+		e.cw.Flush()
+		hangUp(e.cli)
+		return false
 	}
 	r, err := smtp.ReadReply(e.sr, 4096)
 	if err != nil {
@@ -225,16 +235,6 @@ func (e *engine) greet(idle time.Duration) bool {
 }
 
 func (e *engine) relayGreeting(r *smtp.Reply) bool {
-	if e.cfg.Earlytalker && e.clientTalked() {
-		e.setBy("earlytalker")
-		e.log.Noticef("[%d] earlytalker: %v sent data before the greeting", e.c.id, e.c.src)
-		e.found(config.LockEarlytalker, "")
-		e.closeMTA()
-		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
-		e.cw.Flush()
-		hangUp(e.cli)
-		return false
-	}
 	e.cw.Write(r.Raw())
 	if err := e.cw.Flush(); err != nil {
 		e.setBy("client")
@@ -244,25 +244,58 @@ func (e *engine) relayGreeting(r *smtp.Reply) bool {
 	return true
 }
 
-// clientTalked reports whether the client has sent anything yet. Like
-// Postfix's postscreen pregreet test, but without a greeting of its own:
-// the MTA's own greeting delay is the window, and the bytes stay queued
-// for the session if the client is innocent.
-func (e *engine) clientTalked() bool {
-	if e.cr.Buffered() > 0 {
-		return true
-	}
-	rc, err := e.cli.SyscallConn()
-	if err != nil {
+// earlyTalker waits for the MTA's first byte while it watches the client:
+// a complete command line from the client before that byte makes an early
+// talker, refused at once, as in 1.4 (like Postfix's postscreen pregreet
+// test, with the MTA's own greeting delay as the window). A partial line
+// does not, nor a line longer than the buffer; any byte from the MTA, even
+// a partial greeting, clears the client. What the client sent stays
+// buffered for the session.
+func (e *engine) earlyTalker() bool {
+	spoke := make(chan struct{})
+	go func() {
+		defer close(spoke)
+		e.sr.Peek(1) // an error is the greeting's read's to see
+	}()
+	line := make(chan bool, 1)
+	go func() { line <- e.clientLine() }()
+	select {
+	case <-spoke:
+		e.cli.SetReadDeadline(time.Now()) // stop watching the client
+		<-line
+		e.cli.SetReadDeadline(time.Time{})
+		return false
+	case talked := <-line:
+		if talked {
+			e.srv.SetReadDeadline(time.Now())
+			<-spoke
+			return true
+		}
+		// The client left, or sent a line too long to judge: the
+		// session goes on and finds out.
+		<-spoke
 		return false
 	}
-	talked := false
-	rc.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		talked = err == nil && n > 0
-	})
-	return talked
+}
+
+// clientLine reads the client until a complete line is buffered (true),
+// the buffer is full without one, or the read fails (false).
+func (e *engine) clientLine() bool {
+	for {
+		n := e.cr.Buffered()
+		if n > 0 {
+			b, _ := e.cr.Peek(n)
+			if bytes.IndexByte(b, '\n') >= 0 {
+				return true
+			}
+			if n >= e.cr.Size() {
+				return false
+			}
+		}
+		if _, err := e.cr.Peek(n + 1); err != nil {
+			return false
+		}
+	}
 }
 
 // xclient is the start-up dialogue of fixed+xclient mode: the proxy
