@@ -12,8 +12,9 @@ import (
 
 // takeover is the "fake MTA" session: the MTA connection is gone, and the
 // proxy answers the client itself, refusing any new mail, until QUIT,
-// on_takeover_cmds commands, or timeout_session. The replies are 1.4's:
-// MAIL is told why the session was taken over.
+// on_takeover_cmds commands, or timeout_session, which bounds the whole
+// takeover (0: no limit), as in 1.4. The replies are 1.4's: MAIL is told
+// why the session was taken over.
 func (e *engine) takeover() {
 	cfg := e.cfg
 	say := func(code int, enhanced, name, text string) {
@@ -32,9 +33,12 @@ func (e *engine) takeover() {
 		reason = e.reason
 	}
 	e.log.Warningf("[%d] SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s", e.c.id, e.c.src, e.c.ident, e.c.trns.Load(), reason)
-	timeout := time.Duration(cfg.TimeoutSession) * time.Second
+	var deadline time.Time
+	if cfg.TimeoutSession > 0 {
+		deadline = time.Now().Add(time.Duration(cfg.TimeoutSession) * time.Second)
+	}
+	e.cli.SetReadDeadline(deadline)
 	for n := 1; ; n++ {
-		e.cli.SetReadDeadline(time.Now().Add(timeout))
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
 		if err != nil {
 			var ne net.Error

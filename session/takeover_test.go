@@ -335,3 +335,52 @@ func TestLookupTakeover(t *testing.T) {
 		t.Errorf("client got:\n%s\nwant:\n%s", b, want)
 	}
 }
+
+// timeout_session bounds the whole takeover session, as in 1.4 and the
+// manual ("length of a takeover session"), not the silence between two
+// commands: a client that keeps talking is cut off all the same.
+func TestTakeoverSessionLength(t *testing.T) {
+	cfg := takeoverConfig(t, "timeout_session 1", "on_takeover_cmds 1000")
+	cli, proxyCli, err := loopPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	w := &worker{log: fuzzLog}
+	w.cfg.Store(cfg)
+	c := &conn{id: 1, cfg: cfg, client: proxyCli, start: time.Now(), by: "lookup",
+		src: proxyCli.RemoteAddr().(*net.TCPAddr).AddrPort()}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	defer c.cancel()
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer proxyCli.Close()
+		w.refuseLookup(c, "Lookup failed")
+	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				io.WriteString(cli, "NOOP\r\n")
+			}
+		}
+	}()
+	cli.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(cli)
+	took := time.Since(start)
+	<-done
+	if !strings.HasSuffix(string(b), "250 OK\r\n421 gw SMTP session timeout. Closing connection\r\n") {
+		t.Errorf("client got:\n%s\nwant NOOPs answered, then the 421", b)
+	}
+	if took > 2500*time.Millisecond {
+		t.Errorf("the takeover session lasted %v, want about timeout_session (1 s)", took)
+	}
+}
