@@ -80,7 +80,9 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		if cfg.LogHelo {
 			e.log.Infof("[%d] %s %s", e.c.id, cmd.Verb, cmd.Arg)
 		}
-		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
+		// Whatever auth_skip says, as in 1.4: it exempts MAIL FROM and
+		// RCPT TO only.
+		if refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
 			e.found(config.LockRegex, cmd.Arg)
 			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexHelo, cfg.MsgRegexHelo)

@@ -91,6 +91,8 @@ func (m *recordingMTA) run() {
 		case "QUIT":
 			io.WriteString(m.conn, "221 2.0.0 Bye\r\n")
 			return
+		case "AUTH":
+			io.WriteString(m.conn, "235 2.7.0 Authentication successful\r\n")
 		default:
 			io.WriteString(m.conn, "250 2.0.0 Ok\r\n")
 		}
@@ -238,6 +240,13 @@ func TestRefusalTakesOver(t *testing.T) {
 			"451 4.3.2 gw Connection rejected due to DNSBL",
 			"221 2.0.0 gw Signing off."),
 		mta: []string{"EHLO c.test", "QUIT"},
+	}, {
+		name:   "auth_skip regex: MAIL and RCPT only",
+		cfg:    []string{"auth_skip regex", "regex_reject_mail_from ^spam@", "regex_reject_helo ^bad\\."},
+		client: "EHLO c.test\r\nAUTH PLAIN AHVAYwB4\r\nMAIL FROM:<spam@c.test>\r\nEHLO bad.example\r\nMAIL FROM:<a@c.test>\r\nQUIT\r\n",
+		want: append(append([]string{}, ehloReply...), "235 2.7.0 Authentication successful", "250 2.0.0 Ok",
+			"550 5.7.1 gw Forbidden HELO/EHLO", "451 4.3.2 gw Forbidden HELO/EHLO", "221 2.0.0 gw Signing off."),
+		mta: []string{"EHLO c.test", "AUTH PLAIN AHVAYwB4", "MAIL FROM:<spam@c.test>", "QUIT"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			peers := tc.peers
