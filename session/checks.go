@@ -73,10 +73,15 @@ func dnsblText(cfg *config.Config, zone, answer string) string {
 
 // refuseLookup answers a client whose destination is unknown: a greeting
 // of the proxy's own (1.4's "220 <name> SMTP"), then the takeover
-// session, whose MAIL reply says why. c.by is set by the caller.
-func (w *worker) refuseLookup(c *conn, reason string) {
+// session, whose MAIL reply says why: msg_lookup_failed, and after it
+// what failed (msg_lookup_timeout...), as in 1.4. c.by is set by the
+// caller.
+func (w *worker) refuseLookup(c *conn, why string) {
 	e := newEngine(w, c, nil)
-	e.reason = reason
+	e.reason = c.cfg.MsgLookupFailed
+	if why != c.cfg.MsgLookupFailed {
+		e.reason += ": " + why
+	}
 	e.ended = true
 	e.cw.Write(smtp.FormatReply(220, "", e.name, "SMTP"))
 	e.takeover()

@@ -333,13 +333,13 @@ func TestLookupTakeover(t *testing.T) {
 	go func() {
 		defer close(done)
 		defer proxyCli.Close()
-		w.refuseLookup(c, "Lookup failed: no such state")
+		w.refuseLookup(c, cfg.MsgLookupNotfound)
 	}()
 	cli.SetDeadline(time.Now().Add(10 * time.Second))
 	io.WriteString(cli, "EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nQUIT\r\n")
 	b, _ := io.ReadAll(cli)
 	<-done
-	want := "220 gw SMTP\r\n250 gw SMTP Proxy, hello\r\n451 gw Lookup failed: no such state\r\n221 gw Signing off.\r\n"
+	want := "220 gw SMTP\r\n250 gw SMTP Proxy, hello\r\n451 gw Lookup failed: Lookup destination not found\r\n221 gw Signing off.\r\n"
 	if string(b) != want {
 		t.Errorf("client got:\n%s\nwant:\n%s", b, want)
 	}
