@@ -89,8 +89,8 @@ type engine struct {
 	// regex, a failed destination look-up...): the takeover session's
 	// reply to MAIL, as in 1.4; msg_virus_no_more if empty.
 	reason string
-	// dnsblDone, dnsblZone, dnsblAnswer: the DNSBL check that auth_skip dnsbl moved
-	// to the first MAIL FROM (checks.go).
+	// dnsblDone, dnsblZone, dnsblAnswer: the DNSBL check that auth_skip
+	// dnsbl moved to the first MAIL FROM (checks.go).
 	dnsblDone   bool
 	dnsblZone   string
 	dnsblAnswer string
@@ -279,7 +279,7 @@ func (e *engine) earlyTalker() bool {
 }
 
 // clientLine reads the client until a complete line is buffered (true),
-// the buffer is full without one, or the read fails (false).
+// buffer_size bytes are without one, or the read fails (false).
 func (e *engine) clientLine() bool {
 	for {
 		n := e.cr.Buffered()
@@ -288,8 +288,8 @@ func (e *engine) clientLine() bool {
 			if bytes.IndexByte(b, '\n') >= 0 {
 				return true
 			}
-			if n >= e.cr.Size() {
-				return false
+			if n >= e.maxLine() {
+				return false // longer than buffer_size: not judged, as in 1.4
 			}
 		}
 		if _, err := e.cr.Peek(n + 1); err != nil {
