@@ -41,6 +41,8 @@ const (
 	CloseLockd       CloseCause = "lockd"     // lockd could not tell
 	CloseRatelimit   CloseCause = "ratelimit" // a connections rate limit
 	CloseDnsbl       CloseCause = "dnsbl"     // listed in a dnsbl zone
+	CloseRegex       CloseCause = "regex"     // a regex_* option refused HELO, MAIL or RCPT
+	CloseSpf         CloseCause = "spf"       // SPF refused MAIL FROM
 	CloseKilled      CloseCause = "killed"    // smtpgatectl kill
 	CloseError       CloseCause = "error"     // ended before any cause was known
 )
@@ -51,7 +53,7 @@ var closeCauses = map[CloseCause]bool{
 	CloseLoad: true, CloseUnavailable: true, CloseShutdown: true, CloseHandoff: true, CloseCrash: true,
 	CloseEarlytalker: true, CloseVirus: true, CloseSpam: true, CloseSize: true, CloseScanner: true,
 	CloseSpool: true, CloseXclient: true, CloseLock: true, CloseLockd: true, CloseRatelimit: true,
-	CloseDnsbl: true, CloseKilled: true, CloseError: true,
+	CloseDnsbl: true, CloseRegex: true, CloseSpf: true, CloseKilled: true, CloseError: true,
 }
 
 // Valid reports whether c is one of the catalogue's causes.

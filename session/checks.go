@@ -43,14 +43,14 @@ func (w *worker) askLookup(c *conn, t ipc.Type, q any, want ipc.Type) (*ipc.Msg,
 }
 
 // dnsblListed asks whether the client is on a dnsbl zone: the first zone
-// that lists it (configuration order), "" when none does. A failure of
-// the look-up itself is logged and lets the client through, as a zone
-// that does not answer does.
-func (w *worker) dnsblListed(c *conn) (zone string) {
+// that lists it (configuration order) and the address the zone answered,
+// "" when none does. A failure of the look-up itself is logged and lets
+// the client through, as a zone that does not answer does.
+func (w *worker) dnsblListed(c *conn) (zone, answer string) {
 	m, err := w.askLookup(c, ipc.MsgDnsblQuery, &ipc.DnsblQuery{ID: c.id, Addr: c.src.Addr()}, ipc.MsgDnsblAnswer)
 	if err != nil {
 		w.log.Warningf("[%d] dnsbl: %v: not checked", c.id, err)
-		return ""
+		return "", ""
 	}
 	a := m.Payload.(*ipc.DnsblAnswer)
 	if a.Err != "" {
@@ -59,30 +59,38 @@ func (w *worker) dnsblListed(c *conn) (zone string) {
 	if a.Zone != "" {
 		w.log.Noticef("[%d] DNSBL: %v is listed in %s (%s)", c.id, c.src.Addr(), a.Zone, a.Answer)
 	}
-	return a.Zone
+	return a.Zone, a.Answer
 }
 
-// dnsblText is the reply to a listed client: msg_dnsdb_reject and the
-// zone.
-func dnsblText(cfg *config.Config, zone string) string {
-	return fmt.Sprintf("%s (%s)", cfg.MsgDnsdbReject, zone)
+// dnsblText is the reply to a listed client, as 1.4 wrote it:
+// msg_dnsdb_reject, the zone and the address it answered ("-" if none).
+func dnsblText(cfg *config.Config, zone, answer string) string {
+	if answer == "" {
+		answer = "-"
+	}
+	return fmt.Sprintf("%s: DNSBL: %s: %s", cfg.MsgDnsdbReject, zone, answer)
 }
 
 // refuseLookup answers a client whose destination is unknown: a greeting
-// of the proxy's own, then the takeover session, whose MAIL reply says
-// why. c.by is set by the caller.
-func (w *worker) refuseLookup(c *conn, reason string) {
+// of the proxy's own (1.4's "220 <name> SMTP"), then the takeover
+// session, whose MAIL reply says why: msg_lookup_failed, and after it
+// what failed (msg_lookup_timeout...), as in 1.4. c.by is set by the
+// caller.
+func (w *worker) refuseLookup(c *conn, why string) {
 	e := newEngine(w, c, nil)
-	e.reason = reason
+	e.reason = c.cfg.MsgLookupFailed
+	if why != c.cfg.MsgLookupFailed {
+		e.reason += ": " + why
+	}
 	e.ended = true
-	e.cw.Write(smtp.FormatReply(220, "", e.name, c.cfg.MsgHello))
+	e.cw.Write(smtp.FormatReply(220, "", e.name, "SMTP"))
 	e.takeover()
 }
 
 // mailChecks runs the checks of MAIL FROM that need the lookup process:
-// DNSBL when auth_skip dnsbl delays it to here, then SPF. It returns true
-// when it answered the command itself (refused).
-func (e *engine) mailChecks(addr string) bool {
+// DNSBL when auth_skip dnsbl delays it to here, then SPF. A refusal ends
+// the relayed session as 1.4 did (refuse): it returns errTakeover then.
+func (e *engine) mailChecks(addr string) error {
 	cfg, c := e.cfg, e.c
 	e.mu.Lock()
 	authed := e.authed
@@ -91,37 +99,36 @@ func (e *engine) mailChecks(addr string) bool {
 		if !e.dnsblDone {
 			e.dnsblDone = true
 			c.setState(stDnsdb)
-			e.dnsblZone = e.p.dnsblListed(c)
+			e.dnsblZone, e.dnsblAnswer = e.p.dnsblListed(c)
 			c.setState(commandState("MAIL"))
 			if e.dnsblZone != "" {
 				e.found(config.LockDNSBL, e.dnsblZone)
 			}
 		}
 		if e.dnsblZone != "" {
-			e.local("MAIL", 554, "5.7.1", dnsblText(cfg, e.dnsblZone))
-			return true
+			return e.refuse("MAIL", ipc.CloseDnsbl, 550, "5.7.1", dnsblText(cfg, e.dnsblZone, e.dnsblAnswer), cfg.MsgDnsdbReject)
 		}
 	}
 	if cfg.Spf == config.SPFOff {
-		return false
+		return nil
 	}
 	if authed {
 		// As 1.4: a client that authenticated is who it says it is,
 		// wherever it sends from.
 		e.log.Debugf("[%d] SPF not checked: the client authenticated", c.id)
-		return false
+		return nil
 	}
 	ip := e.spfAddr()
 	if addr == "" && e.helo == "" {
 		e.log.Infof("[%d] SPF none: null sender without HELO, not checked", c.id)
-		return false
+		return nil
 	}
 	c.setState(stSpf)
 	a, err := e.p.spfCheck(c, &ipc.SpfQuery{ID: c.id, IP: ip, Helo: e.helo, Sender: addr})
 	c.setState(commandState("MAIL"))
 	if err != nil {
 		e.log.Warningf("[%d] SPF: %v: not checked", c.id, err)
-		return false
+		return nil
 	}
 	why := ""
 	if a.Err != "" {
@@ -129,16 +136,16 @@ func (e *engine) mailChecks(addr string) bool {
 	}
 	if a.Result != "fail" {
 		e.log.Infof("[%d] SPF %s: <%s> from %v, helo %q%s", c.id, a.Result, addr, ip, e.helo, why)
-		return false
+		return nil
 	}
 	if cfg.SpfLogOnly {
 		e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: accepted (spf_log_only)", c.id, addr, ip, e.helo, why)
-		return false
+		return nil
 	}
 	e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: refused", c.id, addr, ip, e.helo, why)
 	e.found(config.LockSPF, addr)
-	e.local("MAIL", 550, "5.7.1", cfg.MsgSpfReject)
-	return true
+	// 1.4's reply has room for a detail, which it never filled: "-".
+	return e.refuse("MAIL", ipc.CloseSpf, 550, "5.7.1", cfg.MsgSpfReject+": -", cfg.MsgSpfReject)
 }
 
 // spfAddr is the address SPF checks, per the spf option: the client's

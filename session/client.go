@@ -11,6 +11,7 @@ import (
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
+	"smtp-gated/ipc"
 )
 
 // errDirect ends the SMTP-aware part of a session: from here bytes pass
@@ -79,11 +80,12 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		if cfg.LogHelo {
 			e.log.Infof("[%d] %s %s", e.c.id, cmd.Verb, cmd.Arg)
 		}
-		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
+		// Whatever auth_skip says, as in 1.4: it exempts MAIL FROM and
+		// RCPT TO only.
+		if refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
 			e.foundRegex(cmd.Verb, cmd.Arg)
-			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexHelo)
-			return nil
+			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexHelo, cfg.MsgRegexHelo)
 		}
 		e.helo = cmd.Arg
 	case "MAIL":
@@ -95,11 +97,10 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
 			e.foundRegex(cmd.Verb, addr)
-			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexMailFrom)
-			return nil
+			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexMailFrom, cfg.MsgRegexMailFrom)
 		}
-		if e.mailChecks(addr) {
-			return nil
+		if err := e.mailChecks(addr); err != nil {
+			return err
 		}
 		if e.rateRefused("MAIL") {
 			return nil
@@ -110,8 +111,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
 			e.foundRegex(cmd.Verb, addr)
-			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexRcptTo)
-			return nil
+			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexRcptTo, cfg.MsgRegexRcptTo)
 		}
 		if e.rateRefused("RCPT") {
 			return nil

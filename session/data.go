@@ -134,6 +134,7 @@ func (e *engine) message() error {
 	case oversize:
 		sp.remove()
 		e.setBy("size")
+		e.reason = cfg.MsgSizeLimit
 		e.local(".", 552, "5.3.4", cfg.MsgSizeLimit)
 		return errTakeover
 	case fwdErr != nil:
@@ -151,6 +152,7 @@ func (e *engine) message() error {
 		}
 		e.setBy("spool")
 		e.closeMTA()
+		e.reason = cfg.MsgSpoolProblem
 		e.local(".", 451, "4.3.0", cfg.MsgSpoolProblem)
 		return errTakeover
 	}
@@ -177,7 +179,8 @@ func (e *engine) message() error {
 		}
 		e.closeMTA()
 		e.foundMessage(config.LockVirus, v, sp, size)
-		e.local(".", 550, "5.7.1", cfg.MsgVirusFound+": "+name)
+		e.reason = fmt.Sprintf("%s (%s)", cfg.MsgVirusFound, name)
+		e.local(".", 550, "5.7.1", e.reason)
 		return errTakeover
 	case ipc.VerdictSpam:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveSpam) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
@@ -186,7 +189,8 @@ func (e *engine) message() error {
 			e.setBy("spam")
 			e.closeMTA()
 			e.foundMessage(config.LockSpam, v, sp, size)
-			e.local(".", 550, "5.7.1", fmt.Sprintf("%s (score %.1f)", cfg.MsgSpamFound, v.Score))
+			e.reason = fmt.Sprintf("%s [%f]", cfg.MsgSpamFound, v.Score)
+			e.local(".", 550, "5.7.1", e.reason)
 			return errTakeover
 		}
 		// As 1.4: spam is refused only when lock_on says so; otherwise
@@ -208,6 +212,7 @@ func (e *engine) message() error {
 	}
 	e.setBy("scanner")
 	e.closeMTA()
+	e.reason = cfg.MsgScannerFailed
 	e.local(".", 451, "4.3.0", cfg.MsgScannerFailed)
 	return errTakeover
 }

@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
@@ -43,7 +41,11 @@ type pending struct {
 	arg   string
 	local []byte      // the proxy's own reply, when the command is not forwarded
 	reply *smtp.Reply // the MTA's reply, once it came
-	done  chan struct{}
+	// code, enhanced, text: a reply of the proxy's own made in its turn
+	// (local), when whether the MTA offers enhanced codes is known.
+	code           int
+	enhanced, text string
+	done           chan struct{}
 }
 
 // engine is the state of one SMTP session between a client and the MTA.
@@ -83,13 +85,15 @@ type engine struct {
 	waitCap, fwdCap int
 	peak            int          // the longest the queue was
 	rep             logx.Repeats // per-command log lines of the session
-	// reason is the MAIL reply of a takeover session that is not about a
-	// message (a failed destination look-up); msg_virus_no_more if empty.
+	// reason is why the session was taken over (a virus and its name, a
+	// regex, a failed destination look-up...): the takeover session's
+	// reply to MAIL, as in 1.4; msg_virus_no_more if empty.
 	reason string
-	// dnsblDone, dnsblZone: the DNSBL check that auth_skip dnsbl moved
-	// to the first MAIL FROM (checks.go).
-	dnsblDone bool
-	dnsblZone string
+	// dnsblDone, dnsblZone, dnsblAnswer: the DNSBL check that auth_skip
+	// dnsbl moved to the first MAIL FROM (checks.go).
+	dnsblDone   bool
+	dnsblZone   string
+	dnsblAnswer string
 }
 
 // errTakeover ends the relayed part of a session: the proxy talks to the
@@ -176,6 +180,10 @@ func (e *engine) run() {
 		e.takeover()
 	case errors.Is(err, errDirect):
 		e.goDirect()
+	case errors.Is(err, errHangUp):
+		e.closeMTA()
+		e.pushClient()
+		smtp.HangUp(e.cli)
 	}
 	e.closeMTA()
 	e.cli.Close()
@@ -197,11 +205,23 @@ func (e *engine) closeMTA() {
 func (e *engine) greet(idle time.Duration) bool {
 	e.srv.SetReadDeadline(time.Now().Add(idle))
 	if e.cfg.Mode == config.ModeFixedXclient {
+		// Exempt from earlytalker, as in 1.4: the client may have
+		// talked during the proxy's own dialogue with the MTA.
 		r, ok := e.xclient()
 		if !ok {
 			return false
 		}
 		return e.relayGreeting(r)
+	}
+	if e.cfg.Earlytalker && e.earlyTalker() {
+		e.setBy("earlytalker")
+		e.log.Noticef("[%d] earlytalker: %v sent a command before the greeting", e.c.id, e.c.src)
+		e.found(config.LockEarlytalker, "")
+		e.closeMTA()
+		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
+		e.cw.Flush()
+		smtp.HangUp(e.cli)
+		return false
 	}
 	r, err := smtp.ReadReply(e.sr, 4096)
 	if err != nil {
@@ -215,16 +235,6 @@ func (e *engine) greet(idle time.Duration) bool {
 }
 
 func (e *engine) relayGreeting(r *smtp.Reply) bool {
-	if e.cfg.Earlytalker && e.clientTalked() {
-		e.setBy("earlytalker")
-		e.log.Noticef("[%d] earlytalker: %v sent data before the greeting", e.c.id, e.c.src)
-		e.found(config.LockEarlytalker, "")
-		e.closeMTA()
-		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
-		e.cw.Flush()
-		smtp.HangUp(e.cli)
-		return false
-	}
 	e.cw.Write(r.Raw())
 	if err := e.cw.Flush(); err != nil {
 		e.setBy("client")
@@ -234,25 +244,58 @@ func (e *engine) relayGreeting(r *smtp.Reply) bool {
 	return true
 }
 
-// clientTalked reports whether the client has sent anything yet. Like
-// Postfix's postscreen pregreet test, but without a greeting of its own:
-// the MTA's own greeting delay is the window, and the bytes stay queued
-// for the session if the client is innocent.
-func (e *engine) clientTalked() bool {
-	if e.cr.Buffered() > 0 {
-		return true
-	}
-	rc, err := e.cli.SyscallConn()
-	if err != nil {
+// earlyTalker waits for the MTA's first byte while it watches the client:
+// a complete command line from the client before that byte makes an early
+// talker, refused at once, as in 1.4 (like Postfix's postscreen pregreet
+// test, with the MTA's own greeting delay as the window). A partial line
+// does not, nor a line longer than the buffer; any byte from the MTA, even
+// a partial greeting, clears the client. What the client sent stays
+// buffered for the session.
+func (e *engine) earlyTalker() bool {
+	spoke := make(chan struct{})
+	go func() {
+		defer close(spoke)
+		e.sr.Peek(1) // an error is the greeting's read's to see
+	}()
+	line := make(chan bool, 1)
+	go func() { line <- e.clientLine() }()
+	select {
+	case <-spoke:
+		e.cli.SetReadDeadline(time.Now()) // stop watching the client
+		<-line
+		e.cli.SetReadDeadline(time.Time{})
+		return false
+	case talked := <-line:
+		if talked {
+			e.srv.SetReadDeadline(time.Now())
+			<-spoke
+			return true
+		}
+		// The client left, or sent a line too long to judge: the
+		// session goes on and finds out.
+		<-spoke
 		return false
 	}
-	talked := false
-	rc.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		talked = err == nil && n > 0
-	})
-	return talked
+}
+
+// clientLine reads the client until a complete line is buffered (true),
+// buffer_size bytes are without one, or the read fails (false).
+func (e *engine) clientLine() bool {
+	for {
+		n := e.cr.Buffered()
+		if n > 0 {
+			b, _ := e.cr.Peek(n)
+			if bytes.IndexByte(b, '\n') >= 0 {
+				return true
+			}
+			if n >= e.maxLine() {
+				return false // longer than buffer_size: not judged, as in 1.4
+			}
+		}
+		if _, err := e.cr.Peek(n + 1); err != nil {
+			return false
+		}
+	}
 }
 
 // xclient is the start-up dialogue of fixed+xclient mode: the proxy
@@ -330,9 +373,14 @@ func (e *engine) flushLocked() {
 		p := e.queue[0]
 		switch {
 		case p.local != nil:
+			if p.code != 0 {
+				p.local = e.reply(p.code, p.enhanced, p.text)
+			}
 			e.cw.Write(p.local)
 		case p.reply != nil:
-			e.cw.Write(p.reply.Raw())
+			if p.verb != proxyQuit {
+				e.cw.Write(p.reply.Raw())
+			}
 		default:
 			return
 		}
@@ -368,9 +416,11 @@ func (e *engine) flushClient() {
 	e.cw.Flush()
 }
 
-// local queues the proxy's own reply to a command it does not forward.
+// local queues the proxy's own reply to a command it does not forward. It
+// is made in its turn: the enhanced code is given if the MTA's reply to
+// an EHLO before it offered ENHANCEDSTATUSCODES.
 func (e *engine) local(verb string, code int, enhanced, text string) {
-	e.enqueue(&pending{verb: verb, local: e.reply(code, enhanced, text)})
+	e.enqueue(&pending{verb: verb, local: e.reply(code, enhanced, text), code: code, enhanced: enhanced, text: text})
 }
 
 // serverLoop reads the MTA's replies and gives each to the command it
@@ -492,6 +542,10 @@ func (e *engine) answer(r *smtp.Reply) bool {
 			e.direct = true
 			stop = true
 		}
+	case proxyQuit:
+		// The MTA's last word: what it does next is no reply.
+		e.mtaGone = true
+		stop = true
 	}
 	e.rateAnswer(p.verb, r.Code)
 	p.reply = r

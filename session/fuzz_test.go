@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -57,7 +58,7 @@ type fakePeers struct {
 	found     []string // the events reported
 }
 
-func (f *fakePeers) dnsblListed(*conn) string { return "" }
+func (f *fakePeers) dnsblListed(*conn) (string, string) { return "", "" }
 func (f *fakePeers) spfCheck(*conn, *ipc.SpfQuery) (*ipc.SpfAnswer, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -349,6 +350,12 @@ func fuzzConfig(flags uint8, noHeader bool) *config.Config {
 	if flags&32 != 0 {
 		cfg.SizeLimit = 200
 	}
+	if flags&64 != 0 {
+		// A refusal ends the relayed session (QUIT to the MTA, takeover).
+		cfg.RegexRejectHeloRE = regexp.MustCompile(`^refuse`)
+		cfg.RegexRejectMailFromRE = regexp.MustCompile(`^refuse@`)
+		cfg.RegexRejectRcptToRE = regexp.MustCompile(`^refuse@`)
+	}
 	return cfg
 }
 
@@ -508,6 +515,7 @@ var fuzzSeeds = []fuzzCase{
 	{client: []byte("EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<b@m.test>\r\nNOOP\r\n"), mta: []byte{0, 255}},
 	{client: []byte("EHLO c.test\r\nAUTH PLAIN\r\nAHVzZXIAcGFzcw==\r\nMAIL FROM:<a@c.test>\r\nQUIT\r\n")},
 	{client: []byte("EHLO c.test\nMAIL FROM:<a@c.test>\nRCPT TO:<b@m.test>\nDATA\nbare\nlf\n.\nQUIT\n")},
+	{client: []byte("EHLO c.test\r\nMAIL FROM:<a@c.test>\r\nRCPT TO:<refuse@m.test>\r\nRCPT TO:<b@m.test>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n"), flags: 64},
 }
 
 // FuzzEngine runs the session engine on the fuzzer's client bytes, MTA

@@ -12,9 +12,10 @@ import (
 // limits, events) and the scanner. The worker is the real one, over its
 // IPC links; a test gives the engine fakes.
 type peers interface {
-	// dnsblListed returns the first dnsbl zone that lists the client,
-	// "" when none does or the look-up failed (logged).
-	dnsblListed(c *conn) string
+	// dnsblListed returns the first dnsbl zone that lists the client and
+	// the address it answered, "" when none does or the look-up failed
+	// (logged).
+	dnsblListed(c *conn) (zone, answer string)
 	// spfCheck asks the lookup process for SPF.
 	spfCheck(c *conn, q *ipc.SpfQuery) (*ipc.SpfAnswer, error)
 	// askLockd sends one Policy request and waits, bounded, for the answer.

@@ -298,11 +298,16 @@ func (e *engine) rateAnswer(verb string, code int) {
 	}
 }
 
+// errHangUp ends a session at once, after the proxy's last reply.
+var errHangUp = errors.New("hang up")
+
 // beforeDot runs right before the final dot goes to the MTA: was the
 // client locked meanwhile (a virus in another session, smtpgatectl
 // lock)? The message's bytes are counted too. When the dot must not go,
-// the MTA connection is closed first (the MTA discards the message), the
-// client gets a 451, and errTakeover ends the relayed session.
+// the MTA connection is closed first (the MTA discards the message) and
+// the client gets a 451: a locked client is then disconnected, as 1.4
+// did (errHangUp); when lockd could not tell, errTakeover ends the
+// relayed session.
 func (e *engine) beforeDot() error {
 	cfg := e.cfg
 	if !cfg.Locking() && !cfg.Rating() {
@@ -318,6 +323,7 @@ func (e *engine) beforeDot() error {
 		e.log.Errf("[%d] before the final dot: %v: message refused for now", e.c.id, err)
 		e.closeMTA()
 		e.setBy("lockd")
+		e.reason = cfg.MsgTempUnavail
 		e.local(".", 451, "4.3.0", cfg.MsgTempUnavail)
 		return errTakeover
 	case a.Locked:
@@ -325,7 +331,7 @@ func (e *engine) beforeDot() error {
 		e.closeMTA()
 		e.setBy("lock")
 		e.local(".", 451, "4.4.0", cfg.MsgVirusLocked)
-		return errTakeover
+		return errHangUp
 	}
 	return nil
 }

@@ -60,15 +60,19 @@ func (w *worker) serve(c *conn, f *os.File) {
 
 	// The DNSBL zones are asked while the destination is looked up
 	// (unless auth_skip dnsbl delays the check to MAIL FROM).
-	var listed chan string
+	var listed chan [2]string
 	if c.cfg.Dnsbl != "" && !c.cfg.AuthSkip.Has(config.AuthSkipDNSBL) {
-		listed = make(chan string, 1)
-		go func() { listed <- w.dnsblListed(c) }()
+		listed = make(chan [2]string, 1)
+		go func() {
+			zone, answer := w.dnsblListed(c)
+			listed <- [2]string{zone, answer}
+		}()
 	}
 	msg, by := w.destination(c)
-	zone := ""
+	var zone, answer string
 	if listed != nil {
-		zone = <-listed
+		l := <-listed
+		zone, answer = l[0], l[1]
 	}
 	switch {
 	case by == "loop":
@@ -91,7 +95,7 @@ func (w *worker) serve(c *conn, f *os.File) {
 		// is told it is locked.
 		c.by = "dnsbl"
 		w.found(c, config.LockDNSBL, zone)
-		c.reply(554, dnsblText(c.cfg, zone))
+		c.reply(554, dnsblText(c.cfg, zone, answer))
 		smtp.HangUp(c.client)
 		return
 	}

@@ -6,68 +6,135 @@ import (
 	"time"
 
 	"smtp-gated/internal/smtp"
+	"smtp-gated/ipc"
 )
 
 // takeover is the "fake MTA" session: the MTA connection is gone, and the
 // proxy answers the client itself, refusing any new mail, until QUIT,
-// on_takeover_cmds commands, or timeout_session of silence.
+// on_takeover_cmds commands, or timeout_session, which bounds the whole
+// takeover (0: no limit), as in 1.4. The replies are 1.4's: MAIL is told
+// why the session was taken over.
 func (e *engine) takeover() {
 	cfg := e.cfg
-	say := func(code int, enhanced, text string) {
+	say := func(code int, enhanced, name, text string) {
 		e.mu.Lock()
-		e.cw.Write(e.reply(code, enhanced, text))
+		if !e.ext.Enhanced {
+			enhanced = ""
+		}
+		e.cw.Write(smtp.FormatReply(code, enhanced, name, text))
 		e.flushClient()
 		e.mu.Unlock()
 	}
 	e.c.setState(stTakeover)
 	e.pushClient() // the reply that started the takeover
-	// Why no mail can be sent: a virus, or the reason the session
-	// started as a takeover (a failed destination look-up).
-	noMore := cfg.MsgVirusNoMore
+	reason := cfg.MsgVirusNoMore
 	if e.reason != "" {
-		noMore = e.reason
+		reason = e.reason
 	}
-	timeout := time.Duration(cfg.TimeoutSession) * time.Second
+	e.log.Warningf("[%d] SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s", e.c.id, e.c.src, e.c.ident, e.c.trns.Load(), reason)
+	var deadline time.Time
+	if cfg.TimeoutSession > 0 {
+		deadline = time.Now().Add(time.Duration(cfg.TimeoutSession) * time.Second)
+	}
+	e.cli.SetReadDeadline(deadline)
 	for n := 1; ; n++ {
-		e.cli.SetReadDeadline(time.Now().Add(timeout))
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				say(421, "4.4.2", cfg.MsgSessionTimeout)
+				say(421, "4.4.2", e.name, cfg.MsgSessionTimeout)
 			}
 			return
 		}
 		if uint64(n) > cfg.OnTakeoverCmds {
-			say(554, "5.5.0", cfg.MsgTransactionFailed)
+			say(554, "5.5.0", e.name, cfg.MsgTransactionFailed)
 			return
 		}
 		if tooLong {
-			say(500, "5.5.2", cfg.MsgProtoError)
+			say(500, "5.5.2", e.name, cfg.MsgProtoError)
 			continue
 		}
 		cmd, err := smtp.ParseCommand(line)
 		if err != nil {
 			e.log.Noticef("[%d] command line refused: %v", e.c.id, err)
-			say(500, "5.5.2", cfg.MsgProtoError)
+			say(500, "5.5.2", e.name, cfg.MsgProtoError)
 			continue
 		}
-		switch cmd.Verb {
-		case "QUIT":
-			say(221, "", cfg.MsgSignOff)
+		// As 1.4: QUIT, NOOP, RSET and DATA alone; HELO and EHLO with an
+		// argument; MAIL and RCPT whatever follows.
+		switch bare := cmd.Arg == ""; {
+		case cmd.Verb == "QUIT" && bare:
+			say(221, "2.0.0", e.name, cfg.MsgSignOff)
 			return
-		case "NOOP", "RSET":
-			say(250, "2.0.0", noMore)
-		case "HELO", "EHLO":
-			say(250, "", cfg.MsgHello)
-		case "MAIL":
-			say(451, "4.3.2", noMore)
-		case "RCPT", "DATA":
-			say(503, "5.5.1", cfg.MsgProtoError)
+		case (cmd.Verb == "NOOP" || cmd.Verb == "RSET") && bare:
+			say(250, "2.0.0", "", "OK")
+		case (cmd.Verb == "HELO" || cmd.Verb == "EHLO") && !bare:
+			say(250, "2.0.0", e.name, cfg.MsgHello)
+		case cmd.Verb == "MAIL":
+			say(451, "4.3.2", e.name, reason)
+		case cmd.Verb == "RCPT", cmd.Verb == "DATA" && bare:
+			say(503, "5.5.1", e.name, cfg.MsgProtoError)
 		default:
-			say(502, "5.5.2", cfg.MsgUnimplCommand)
+			say(502, "5.5.2", e.name, cfg.MsgUnimplCommand)
 		}
 	}
+}
+
+// proxyQuit is the verb of the QUIT the proxy sends the MTA itself
+// before it takes a session over: its reply is not for the client.
+const proxyQuit = "QUIT (proxy)"
+
+// refuse answers a command the proxy refuses and ends the relayed session
+// as 1.4 did (regex, SPF, DNSBL at MAIL FROM): the refusal goes to the
+// client in its turn, the MTA gets QUIT, and the proxy takes the session
+// over; reason is the takeover's reply to MAIL. Nothing the client sends
+// from here on reaches the MTA.
+func (e *engine) refuse(verb string, by ipc.CloseCause, code int, enhanced, text, reason string) error {
+	e.setBy(by)
+	e.reason = reason
+	e.local(verb, code, enhanced, text)
+	e.quitMTA()
+	return errTakeover
+}
+
+// quitMTA says QUIT to the MTA after the commands already forwarded, and
+// waits at most timeout_idle for its reply, so that the client gets the
+// replies to those commands first. Then the MTA connection is closed.
+func (e *engine) quitMTA() {
+	done := make(chan struct{})
+	e.enqueue(&pending{verb: proxyQuit, done: done})
+	e.sw.WriteString("QUIT\r\n")
+	err := e.pushServer()
+	e.pushClient() // the replies ready so far, the refusal perhaps
+	if err == nil {
+		select {
+		case <-done:
+		case <-e.srvDone:
+		case <-time.After(time.Duration(e.cfg.TimeoutIdle) * time.Second):
+			e.log.Warningf("[%d] the MTA did not answer QUIT within timeout_idle", e.c.id)
+		}
+	}
+	e.closeMTA()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// Commands the MTA left unanswered get a 421 of the proxy's own, so
+	// that the client's dialogue stays in step.
+	kept := e.queue[:0]
+	for _, p := range e.queue {
+		if p.local == nil && p.reply == nil {
+			if p.verb == proxyQuit {
+				if p.done != nil {
+					close(p.done)
+				}
+				continue
+			}
+			p.local = e.reply(421, "4.4.2", e.cfg.MsgTransactionFailed)
+		}
+		kept = append(kept, p)
+	}
+	e.queue = kept
+	e.forward = 0
+	e.flushLocked()
 }
 
 // goDirect turns the session into a direct proxy: bytes pass untouched

@@ -54,7 +54,7 @@ func TestOneValue(t *testing.T) {
 	if rc, out, errs := runCmd(t, "-C", "max_per_host", p); rc != 0 || out != "max_per_host                   3\n" {
 		t.Fatalf("-C max_per_host: exit %d, %q %s; want max_per_host padded to 30, then 3", rc, out, errs)
 	}
-	if rc, out, _ := runCmd(t, p, "-C", "msg_hello"); rc != 0 || out != fmt.Sprintf("%-30s Hello\n", "msg_hello") {
+	if rc, out, _ := runCmd(t, p, "-C", "msg_hello"); rc != 0 || out != fmt.Sprintf("%-30s SMTP Proxy, hello\n", "msg_hello") {
 		t.Fatalf("-C msg_hello after the file: exit %d, %q", rc, out)
 	}
 	if rc, _, errs := runCmd(t, "-C", "no_such_option", p); rc != 255 || !strings.Contains(errs, "no_such_option") {

@@ -625,7 +625,7 @@ func TestGet(t *testing.T) {
 		{"log_level", "debug"},
 		{"auth_skip", "none"},
 		{"log_mail_from", "off"},
-		{"msg_hello", "Hello"},
+		{"msg_hello", "SMTP Proxy, hello"},
 		{"timeout_shutdown", "60"},
 		{"session_workers", "0"},
 		{"control_socket", ""},

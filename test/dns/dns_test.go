@@ -138,12 +138,12 @@ func TestDNSBL(t *testing.T) {
 	t.Run("at connect", func(t *testing.T) {
 		d, port := daemon(t, "::", mta, srv, "dnsbl bl1.test,bl2.test\ntimeout_lookup 2\n")
 		for _, tc := range []struct {
-			name, src, host, zone string
+			name, src, host, zone, answer string
 		}{
-			{"listed in both: the first zone", "127.0.0.5", "127.0.0.1", "bl1.test"},
-			{"listed in the second", "127.0.0.6", "127.0.0.1", "bl2.test"},
-			{"not listed (NXDOMAIN)", "127.0.0.7", "127.0.0.1", ""},
-			{"IPv6", "::1", "::1", "bl2.test"},
+			{"listed in both: the first zone", "127.0.0.5", "127.0.0.1", "bl1.test", "127.0.0.2"},
+			{"listed in the second", "127.0.0.6", "127.0.0.1", "bl2.test", "127.0.0.4"},
+			{"not listed (NXDOMAIN)", "127.0.0.7", "127.0.0.1", "", ""},
+			{"IPv6", "::1", "::1", "bl2.test", "127.0.0.9"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				if tc.src == "::1" && !harness.HasIPv6Loopback() {
@@ -161,7 +161,8 @@ func TestDNSBL(t *testing.T) {
 					return
 				}
 				text := c.Expect(554)
-				if want := rejectText + " (" + tc.zone + ")"; !strings.Contains(text, want) {
+				// 1.4's text: the zone and the address it answered.
+				if want := rejectText + ": DNSBL: " + tc.zone + ": " + tc.answer; !strings.HasSuffix(text, want) {
 					t.Errorf("reply %q, want it to say %q", text, want)
 				}
 				c.ExpectClosed()
@@ -187,7 +188,7 @@ func TestDNSBL(t *testing.T) {
 		}
 		c.Quit()
 		c = dialFrom(t, "127.0.0.5", port, "127.0.0.1")
-		if text := c.Expect(554); !strings.Contains(text, "(bl1.test)") {
+		if text := c.Expect(554); !strings.HasSuffix(text, ": DNSBL: bl1.test: 127.0.0.2") {
 			t.Errorf("got %q, want the listing of bl1.test after slow.test timed out", text)
 		}
 		d.WaitLog(t, regexp.MustCompile(`dnsbl: slow\.test: no answer within 1s`), 5*time.Second)
@@ -200,9 +201,19 @@ func TestDNSBL(t *testing.T) {
 		c := dialFrom(t, "127.0.0.5", port, "127.0.0.1")
 		c.Expect(220) // the check waits for MAIL FROM
 		c.Ehlo("client.test")
-		if text := c.Cmd("MAIL FROM:<alice@client.test>", 554); !strings.Contains(text, "5.7.1") || !strings.Contains(text, "(bl1.test)") {
+		// As 1.4: 550, and the session is taken over.
+		if text := c.Cmd("MAIL FROM:<alice@client.test>", 550); !strings.HasPrefix(text, "550 5.7.1 ") || !strings.HasSuffix(text, rejectText+": DNSBL: bl1.test: 127.0.0.2") {
 			t.Errorf("MAIL from a listed client got %q", text)
 		}
+		if text := c.Cmd("MAIL FROM:<alice@client.test>", 451); !strings.HasSuffix(text, " "+rejectText) {
+			t.Errorf("MAIL in the takeover got %q, want the reason", text)
+		}
+		c.Quit()
+		d.WaitLog(t, regexp.MustCompile(`CLOSE by=dnsbl, `), 15*time.Second)
+		// Authenticated first: not checked.
+		c = dialFrom(t, "127.0.0.5", port, "127.0.0.1")
+		c.Expect(220)
+		c.Ehlo("client.test")
 		c.AuthPlain(pf.User, pf.Pass, 235)
 		c.Cmd("MAIL FROM:<alice@client.test>", 250)
 		c.Cmd("RSET", 250)
@@ -247,13 +258,22 @@ func TestSPF(t *testing.T) {
 				mark := d.Mark()
 				sender := "alice@" + tc.domain + ".spf.test"
 				text := c.Cmd("MAIL FROM:<"+sender+">", tc.code)
-				if tc.code == 550 && (!strings.Contains(text, "5.7.1") || !strings.Contains(text, "spf says no")) {
+				if tc.code == 550 && (!strings.Contains(text, "5.7.1") || !strings.HasSuffix(text, "spf says no (dns test): -")) {
 					t.Errorf("<%s>: got %q, want 550 5.7.1 with msg_spf_reject", sender, text)
 				}
 				d.WaitLogAfter(t, mark, regexp.MustCompile(`SPF `+tc.result+`: <`+regexp.QuoteMeta(sender)+`> from `+regexp.QuoteMeta(ips[mode])), 10*time.Second)
 				if tc.code == 250 {
 					c.Cmd("RSET", 250)
+					continue
 				}
+				// As 1.4, the refusal took the session over: a new one
+				// for the next sender.
+				c.Cmd("MAIL FROM:<alice@pass-"+mode+".spf.test>", 451)
+				c.Quit()
+				d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=spf, `), 10*time.Second)
+				c = dialFrom(t, "127.0.0.3", port, "127.0.0.1")
+				c.Expect(220)
+				c.Ehlo("client.spf.test")
 			}
 			c.Quit()
 			d.Stop(t)

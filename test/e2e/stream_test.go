@@ -83,7 +83,7 @@ func TestVirusHeldBackStreaming(t *testing.T) {
 					c.Quit()
 					delivered(t, s.pf, token, msg)
 				} else {
-					if r := c.Expect(550); !strings.Contains(r, "virus found: ") {
+					if r := c.Expect(550); !strings.Contains(r, "virus found (") {
 						t.Fatalf("EICAR at the %s: reply %q", where, r)
 					}
 					c.Quit()

@@ -182,7 +182,8 @@ func TestAdminFileProtects(t *testing.T) {
 }
 
 // A lock made while a message is on its way stops its final dot: 451,
-// and the MTA never gets the message.
+// then the client is disconnected as in 1.4 (no takeover session), and
+// the MTA never gets the message.
 func TestLockedBeforeDot(t *testing.T) {
 	s := newSetup(t)
 	d := s.start(t, "lock_on virus", "lock_duration 3600", "msg_virus_locked you are locked")
@@ -200,8 +201,11 @@ func TestLockedBeforeDot(t *testing.T) {
 	if r := c.Expect(451); !strings.Contains(r, "4.4.0 test-proxy you are locked") {
 		t.Fatalf("reply to the final dot of a locked client: %q", r)
 	}
-	c.Quit()
+	c.ExpectClosed()
 	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lock, .*src=127\.0\.0\.4:`), 5*time.Second)
+	if regexp.MustCompile(`SESSION TAKEOVER: src=127\.0\.0\.4:`).MatchString(d.Log()) {
+		t.Errorf("a takeover session after the lock at the final dot")
+	}
 	s.pf.NotDelivered(t, token, 2*time.Second)
 	out := s.mustCtl(t, "locks")
 	if !strings.Contains(out, "abuse desk") {

@@ -203,7 +203,7 @@ func sendVirus(t *testing.T, s *setup, localIP string) (port int, name string) {
 	c.Cmd("DATA", 354)
 	c.Send(string(harness.DotStuff(harness.VirusMessage("a@example.com", "b@example.org", harness.Token(t)))))
 	r := c.Expect(550)
-	m := regexp.MustCompile(`^550 5\.7\.1 test-proxy .*: (\S+)$`).FindStringSubmatch(r)
+	m := regexp.MustCompile(`^550 5\.7\.1 test-proxy .* \((\S+)\)$`).FindStringSubmatch(r)
 	if m == nil {
 		t.Fatalf("reply to a virus: %q", r)
 	}

@@ -169,7 +169,9 @@ func startHelper(t *testing.T, tp *netns.Topology, ns, secret string) *helperPro
 func checkTakeover(t *testing.T, c *harness.Client, reason string) {
 	t.Helper()
 	c.SetTimeout(30 * time.Second)
-	c.Expect(220)
+	if greet := c.Expect(220); !strings.HasSuffix(greet, " SMTP") {
+		t.Errorf("greeting %q, want 1.4's \"220 <proxy_name> SMTP\"", greet)
+	}
 	c.Cmd("EHLO client.test", 250)
 	if text := c.Cmd("MAIL FROM:<alice@client.test>", 451); !strings.Contains(text, reason) {
 		t.Errorf("MAIL got %q, want the reason %q", text, reason)
