@@ -22,7 +22,11 @@ func TestConfinement(t *testing.T) {
 	s := newSetup(t)
 	jail := filepath.Join(s.dir, "jail")
 	os.Mkdir(jail, 0o755)
-	d := s.start(t, "set_user "+harness.TestUser, "set_group "+harness.TestUser, "chroot_path "+jail)
+	// A scanner, so that the message is spooled (over TCP: a socket path
+	// would be inside chroot_path).
+	clamd := harness.Clamd(t)
+	d := s.start(t, "set_user "+harness.TestUser, "set_group "+harness.TestUser, "chroot_path "+jail,
+		"antivirus_type clamd", "antivirus_path "+clamd.Addr)
 	spool := filepath.Join(jail, s.dir, "spool") // spool_path is inside chroot_path
 
 	c := greeted(t, s.addr())
