@@ -73,6 +73,7 @@ func dnsblText(cfg *config.Config, zone string) string {
 // why. c.by is set by the caller.
 func (w *worker) refuseLookup(c *conn, reason string) {
 	e := newEngine(w, c, nil)
+	e.clock.stop() // no relayed session: timeout_session only
 	e.reason = reason
 	e.ended = true
 	e.cw.Write(smtp.FormatReply(220, "", e.name, c.cfg.MsgHello))

@@ -265,19 +265,28 @@ func (e *engine) exchange(verb, arg string, line []byte) (*pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case <-done:
-		return p, nil
-	case <-e.srvDone:
+	// timeout_idle: silence on both sides (idle.go).
+	timer := time.NewTimer(e.clock.left())
+	defer timer.Stop()
+	for {
 		select {
-		case <-done: // the reply that made the MTA side stop (STARTTLS)
+		case <-done:
 			return p, nil
-		default:
+		case <-e.srvDone:
+			select {
+			case <-done: // the reply that made the MTA side stop (STARTTLS)
+				return p, nil
+			default:
+			}
+			return nil, io.EOF
+		case <-timer.C:
+			if left := e.clock.left(); left > 0 {
+				timer.Reset(left)
+				continue
+			}
+			e.setBy("idle")
+			return nil, os.ErrDeadlineExceeded
 		}
-		return nil, io.EOF
-	case <-time.After(time.Duration(e.cfg.TimeoutIdle) * time.Second):
-		e.setBy("idle")
-		return nil, os.ErrDeadlineExceeded
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,8 @@ type engine struct {
 	cfg  *config.Config
 	log  *logx.Logger
 	name string
+
+	clock *idleClock // timeout_idle (idle.go)
 
 	cli *net.TCPConn
 	in  *pushback // under cr; read directly during DATA
@@ -102,11 +105,12 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 	if bufSize < 512 {
 		bufSize = 512
 	}
-	in := &pushback{r: counter{c.client, &c.cliRx}}
+	clock := newIdleClock(time.Duration(cfg.TimeoutIdle) * time.Second)
+	in := &pushback{r: counter{idleReader{c.client, clock}, &c.cliRx}}
 	e := &engine{
-		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
+		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(), clock: clock,
 		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
-		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
+		srv: server, sr: bufio.NewReaderSize(counter{idleReader{server, clock}, &c.srvRx}, 4096),
 		cw:      bufio.NewWriterSize(c.client, 4096),
 		sw:      bufio.NewWriterSize(server, 4096),
 		srvDone: make(chan struct{}),
@@ -170,6 +174,7 @@ func (e *engine) run() {
 	}
 	go e.serverLoop(idle)
 	err := e.clientLoop(idle)
+	e.clock.stop()
 	switch {
 	case errors.Is(err, errTakeover):
 		e.closeMTA()
@@ -396,10 +401,16 @@ func (e *engine) serverLoop(idle time.Duration) {
 			return
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrBadReply) {
+			by := ipc.CloseCause("server")
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// Silence on both sides for timeout_idle (idle.go).
+				e.log.Infof("[%d] timeout_idle: no byte from the client or the MTA for %v", e.c.id, idle)
+				by = "idle"
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrBadReply):
 				e.log.Warningf("[%d] reading the MTA: %v", e.c.id, err)
 			}
-			e.setBy("server")
+			e.setBy(by)
 			e.mu.Lock()
 			e.flushLocked()
 			if errors.Is(err, smtp.ErrBadReply) {
