@@ -87,7 +87,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		e.helo = cmd.Arg
 	case "MAIL":
-		addr, _, _ := smtp.Path(cmd.Arg, "FROM:")
+		addr := e.address(cmd.Arg, "FROM:")
 		if e.authRequired() {
 			e.local(cmd.Verb, 530, "5.7.0", cfg.MsgAuthRequired)
 			return nil
@@ -106,7 +106,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		e.from = addr
 	case "RCPT":
-		addr, _, _ := smtp.Path(cmd.Arg, "TO:")
+		addr := e.address(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
 			e.found(config.LockRegex, addr)

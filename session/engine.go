@@ -471,14 +471,20 @@ func (e *engine) answer(r *smtp.Reply) bool {
 	case "MAIL":
 		if r.Code/100 == 2 {
 			e.inTrans = true
-			e.c.trns.Add(1)
 		}
 		e.logAddr("MAIL FROM", e.cfg.LogMailFrom, p.arg, r)
 	case "RCPT":
-		if r.Code/100 == 2 {
+		// As 1.4 counted them (rcpts=, RCPTS_TOTAL): 250 only, not 251.
+		if r.Code == 250 {
 			e.c.rcpts++
 		}
 		e.logAddr("RCPT TO", e.cfg.LogRcptTo, p.arg, r)
+	case "DATA":
+		// A transaction is a DATA the MTA answered 354 (trns=,
+		// TRANSACTION), whatever then becomes of the message.
+		if r.Code == 354 {
+			e.c.trns.Add(1)
+		}
 	case "RSET":
 		e.inTrans = false
 	case "QUIT":
@@ -541,15 +547,23 @@ func (e *engine) logAddr(what string, mask config.LogAddr, arg string, r *smtp.R
 	if what == "RCPT TO" {
 		prefix = "TO:"
 	}
-	addr, _, _ := smtp.Path(arg, prefix)
-	if n := int(e.cfg.EmailLength); n > 0 && len(addr) > n {
-		addr = addr[:n]
-	}
+	addr := e.address(arg, prefix)
 	if mask.Has(config.LogAddrBase64) {
 		sum := md5.Sum([]byte(addr))
 		addr = base64.StdEncoding.EncodeToString(sum[:])
 	}
 	e.log.Infof("[%d] %s <%s> %d", e.c.id, what, addr, r.Code)
+}
+
+// address is the address of a MAIL FROM or RCPT TO argument as 1.4 took
+// it: cut to email_length bytes (0: nothing left). The regexes, SPF, the
+// log and the action script all see this.
+func (e *engine) address(arg, prefix string) string {
+	addr, _, _ := smtp.Path(arg, prefix)
+	if uint64(len(addr)) > e.cfg.EmailLength {
+		addr = addr[:e.cfg.EmailLength]
+	}
+	return addr
 }
 
 // counter counts the bytes read through it (atomically: the status
