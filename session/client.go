@@ -34,6 +34,9 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			return err
 		}
 		e.cli.SetReadDeadline(time.Now().Add(idle))
+		if e.isTakenOver() { // after the deadline: see rejectTakeover
+			return errTakeover
+		}
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
 		if err != nil {
 			e.clientEnded(err)
@@ -101,9 +104,6 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		if e.mailChecks(addr) {
 			return nil
 		}
-		if e.rateRefused("MAIL") {
-			return nil
-		}
 		e.from = addr
 	case "RCPT":
 		addr := e.address(cmd.Arg, "TO:")
@@ -138,6 +138,9 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		return e.auth(line)
 	case "DATA":
+		if e.rateRefused("DATA") {
+			return nil
+		}
 		return e.data(line)
 	}
 	if !pipelined[cmd.Verb] {

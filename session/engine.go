@@ -93,6 +93,9 @@ type engine struct {
 	// to the first MAIL FROM (checks.go).
 	dnsblDone bool
 	dnsblZone string
+	// takenOver: the MTA's replies ended the relayed session (a
+	// rejection over its rate limit, policy.go).
+	takenOver bool
 }
 
 // errTakeover ends the relayed part of a session: the proxy talks to the
@@ -175,6 +178,9 @@ func (e *engine) run() {
 	go e.serverLoop(idle)
 	err := e.clientLoop(idle)
 	e.clock.stop()
+	if e.isTakenOver() {
+		err = errTakeover
+	}
 	switch {
 	case errors.Is(err, errTakeover):
 		e.closeMTA()
@@ -186,6 +192,14 @@ func (e *engine) run() {
 	e.cli.Close()
 	<-e.srvDone
 	e.rep.Summary(e.log, fmt.Sprintf("[%d] ", e.c.id))
+}
+
+// isTakenOver reports whether the MTA's replies ended the relayed
+// session.
+func (e *engine) isTakenOver() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.takenOver
 }
 
 // closeMTA drops the MTA connection on purpose (the MTA discards a
@@ -424,17 +438,19 @@ func (e *engine) serverLoop(idle time.Duration) {
 			e.cli.Close()
 			return
 		}
-		if stop := e.answer(r); stop {
+		if stop := e.answer(r, e.rejectLimit(r)); stop {
 			e.pushClient()
 			return
 		}
 	}
 }
 
-// answer gives reply r to the oldest command waiting for the MTA. It
-// returns true when the MTA connection leaves the SMTP dialogue (STARTTLS
-// or direct proxy after AUTH): nothing more is to be read as replies.
-func (e *engine) answer(r *smtp.Reply) bool {
+// answer gives reply r to the oldest command waiting for the MTA, or,
+// when r is a rejection over its rate limit (over names the counter), the
+// proxy's refusal. It returns true when the MTA connection leaves the
+// SMTP dialogue (STARTTLS or direct proxy after AUTH, or the takeover):
+// nothing more is to be read as replies.
+func (e *engine) answer(r *smtp.Reply, over string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var p *pending
@@ -453,6 +469,10 @@ func (e *engine) answer(r *smtp.Reply) bool {
 	}
 	if r.Code == 354 && p.verb != "DATA" {
 		e.unexpectedData(p)
+		return true
+	}
+	if over != "" {
+		e.rejectTakeover(p, over)
 		return true
 	}
 	stop := false
