@@ -360,6 +360,7 @@ func (e *engine) rejectLimit(r *smtp.Reply) string {
 // takeover session. Called from answer, with e.mu held.
 func (e *engine) rejectTakeover(p *pending, over string) {
 	code, enhanced, text := rateReply(e.cfg, over)
+	e.srv.SetWriteDeadline(time.Now().Add(time.Second))
 	e.srv.Write([]byte("QUIT\r\n"))
 	e.mtaGone = true
 	e.srv.Close()
