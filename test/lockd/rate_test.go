@@ -176,6 +176,29 @@ func TestRateLimits(t *testing.T) {
 			t.Errorf("recipients %d after one refused and one accepted, want 2", n)
 		}
 	})
+	t.Run("rejects", func(t *testing.T) {
+		// As 1.4: Postfix's 5xx to RCPT counts; the one over the quota
+		// is answered by the proxy, Postfix gets QUIT, and the session
+		// is taken over.
+		s := newSetup(t)
+		d := s.start(t, "ratelimit_period 3600", "ratelimit_rcptto_rejects 1", "msg_ratelimit_rcptto_rejects too many refused")
+		c := harness.Dial(t, s.addr())
+		c.Expect(220)
+		c.Ehlo("client.test")
+		c.Cmd("MAIL FROM:<a@example.com>", 250)
+		if r := c.Cmd("RCPT TO:<reject@example.org>", 550); !strings.Contains(r, "5.1.1") {
+			t.Errorf("first refusal: %q, want Postfix's", r)
+		}
+		if r := c.Cmd("RCPT TO:<reject@example.org>", 550); !strings.Contains(r, "5.7.1 test-proxy too many refused") {
+			t.Errorf("refusal over the quota: %q, want the proxy's", r)
+		}
+		c.Cmd("RCPT TO:<b@example.org>", 503) // takeover: no more recipients
+		c.Quit()
+		d.WaitLog(t, regexp.MustCompile(`CLOSE by=ratelimit, `), 5*time.Second)
+		if n, _ := s.counter(t, "127.0.0.1", "rcptto_rejects"); n != 1 {
+			t.Errorf("rcptto_rejects %d, want 1", n)
+		}
+	})
 }
 
 // waitCounter waits for a counter the end of a session reports.
