@@ -49,7 +49,7 @@ const RefusalID = 0
 
 // RefusalPacket is the packet of the refusal of a control connection: a
 // CtlReply with RefusalID, which the daemon writes as is on a socket it
-// accepted and will not serve.
-func RefusalPacket(code int, text string) ([]byte, error) {
-	return encodePacket(MsgCtlReply, RefusalID, true, &CtlReply{Code: code, Text: text})
+// accepted and will not serve; smtpgatectl exits with CtlNoDaemon.
+func RefusalPacket(text string) ([]byte, error) {
+	return encodePacket(MsgCtlReply, RefusalID, true, &CtlReply{Code: CtlNoDaemon, Text: text})
 }

@@ -439,25 +439,15 @@ type ScanAbort struct {
 	Transaction int    `msgpack:"transaction"`
 }
 
-// Verdict kinds.
-const (
-	VerdictClean = "clean"
-	VerdictVirus = "virus"
-	VerdictSpam  = "spam"
-	// VerdictError: a scanner failed; Err says why. The session answers
-	// 451 unless ignore_errors.
-	VerdictError = "error"
-)
-
 // Verdict is the scanner's answer. Name is the virus name; Score the spam
 // score (set whenever spam scanning ran); Scanned lists what ran
 // ("clamd", "spamd", ...), for the log.
 type Verdict struct {
-	Kind    string   `msgpack:"kind"`
-	Name    string   `msgpack:"name"`
-	Score   float64  `msgpack:"score"`
-	Scanned []string `msgpack:"scanned"`
-	Err     string   `msgpack:"err"`
+	Kind    VerdictKind `msgpack:"kind"`
+	Name    string      `msgpack:"name"`
+	Score   float64     `msgpack:"score"`
+	Scanned []string    `msgpack:"scanned"`
+	Err     string      `msgpack:"err"`
 }
 
 // CtlRequest is one smtpgatectl command.
@@ -470,8 +460,8 @@ type CtlRequest struct {
 // CtlReply answers a control command. Code is the exit status the client
 // should use (0 success); Text is printed as is.
 type CtlReply struct {
-	Code int    `msgpack:"code"`
-	Text string `msgpack:"text"`
+	Code CtlStatus `msgpack:"code"`
+	Text string    `msgpack:"text"`
 }
 
 // Rate-limit counters, named as their ratelimit_* options

@@ -43,7 +43,7 @@ func echo(p *Peer, m *Msg) {
 	switch v := m.Payload.(type) {
 	case *CtlRequest:
 		code, _ := strconv.Atoi(v.Command)
-		p.Reply(m, MsgCtlReply, &CtlReply{Code: code, Text: v.Command})
+		p.Reply(m, MsgCtlReply, &CtlReply{Code: CtlStatus(code), Text: v.Command})
 	case *DstQuery:
 		p.Reply(m, MsgDstAnswer, &DstAnswer{Dst: v.Client})
 	}
@@ -97,7 +97,7 @@ func TestPeerCallsOutOfOrder(t *testing.T) {
 			}
 			defer m.Close()
 			r := m.Payload.(*CtlReply)
-			if r.Text != strconv.Itoa(i) || r.Code != i || !m.Reply {
+			if r.Text != strconv.Itoa(i) || r.Code != CtlStatus(i) || !m.Reply {
 				t.Errorf("call %d got reply %+v (reply flag %v), want its own", i, r, m.Reply)
 			}
 		})

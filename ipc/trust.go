@@ -177,3 +177,31 @@ type Breach struct {
 	ID     uint64 `msgpack:"id"`
 	Rule   string `msgpack:"rule"`
 }
+
+// VerdictKind is what a scan found. Only the values below cross
+// processes: decoding any other is a protocol error.
+type VerdictKind string
+
+// Verdict kinds.
+const (
+	VerdictClean VerdictKind = "clean"
+	VerdictVirus VerdictKind = "virus"
+	VerdictSpam  VerdictKind = "spam"
+	// VerdictError: a scanner failed; Err says why. The session answers
+	// 451 unless ignore_errors.
+	VerdictError VerdictKind = "error"
+)
+
+// DecodeMsgpack refuses a kind that is not one of the above.
+func (k *VerdictKind) DecodeMsgpack(dec *msgpack.Decoder) error {
+	s, err := dec.DecodeString()
+	if err != nil {
+		return err
+	}
+	switch v := VerdictKind(s); v {
+	case VerdictClean, VerdictVirus, VerdictSpam, VerdictError:
+		*k = v
+		return nil
+	}
+	return fmt.Errorf("unknown verdict kind %q", clipQuote(s))
+}

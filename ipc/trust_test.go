@@ -18,6 +18,7 @@ func TestUnknownCauseAndState(t *testing.T) {
 	for name, payload := range map[Type]any{
 		MsgSessionEnd:  &SessionEnd{ID: 1, By: "client\nCLOSE by=forged"},
 		MsgSessionList: &SessionList{Rows: []SessionRow{{ID: 1, State: "data\x1b[2J"}}},
+		MsgVerdict:     &Verdict{Kind: "clean\n"},
 	} {
 		a, b := connPair(t)
 		if err := a.Send(name, 1, false, payload); err != nil {

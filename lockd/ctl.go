@@ -16,14 +16,6 @@ import (
 	"smtp-gated/ipc"
 )
 
-// Exit codes of the control commands (smtpgatectl(8)).
-const (
-	ctlOK       = 0
-	ctlFailed   = 1
-	ctlUsage    = 2
-	ctlNotFound = 5
-)
-
 // personalGeneration is the generation `ratelimit set` stamps on quotas
 // when none is given: no ratelimit_generation is higher, so the
 // configuration never replaces them.
@@ -32,7 +24,15 @@ const personalGeneration = math.MaxUint64
 // maxCause bounds the cause of `smtpgatectl lock`.
 const maxCause = 200
 
-func ctlReply(code int, format string, a ...any) *ipc.CtlReply {
+// ctlUsage is the usage reply of a command.
+func ctlUsage(command string) *ipc.CtlReply {
+	if c := ipc.LookupCtl(command); c != nil {
+		return ctlReply(ipc.CtlUsage, "%s", c.Usage())
+	}
+	return ctlReply(ipc.CtlUsage, "lockd: unknown command %q", command)
+}
+
+func ctlReply(code ipc.CtlStatus, format string, a ...any) *ipc.CtlReply {
 	return &ipc.CtlReply{Code: code, Text: fmt.Sprintf(format, a...)}
 }
 
@@ -44,17 +44,17 @@ func (s *server) control(q *ipc.LockdCtl) *ipc.CtlReply {
 	switch q.Command {
 	case "locks":
 		if len(args) != 0 {
-			return ctlReply(ctlUsage, "usage: locks")
+			return ctlUsage(q.Command)
 		}
 		return s.ctlLocks(cfg)
 	case "lock":
 		if len(args) < 1 {
-			return ctlReply(ctlUsage, "usage: lock ADDR [DURATION] [CAUSE]")
+			return ctlUsage(q.Command)
 		}
 		return s.ctlLock(cfg, args, q.UID)
 	case "unlock":
 		if len(args) != 1 {
-			return ctlReply(ctlUsage, "usage: unlock ADDR")
+			return ctlUsage(q.Command)
 		}
 		return s.ctlUnlock(cfg, args[0], q.UID)
 	case "ratelimit":
@@ -74,9 +74,9 @@ func (s *server) control(q *ipc.LockdCtl) *ipc.CtlReply {
 				}
 			}
 		}
-		return ctlReply(ctlUsage, "usage: ratelimit show ADDR | ratelimit set ADDR NAME=VALUE... | ratelimit reset ADDR [all]")
+		return ctlUsage(q.Command)
 	}
-	return ctlReply(ctlUsage, "lockd: unknown command %q", q.Command)
+	return ctlReply(ipc.CtlUsage, "lockd: unknown command %q", q.Command)
 }
 
 // ago is a duration for a person, to the second.
@@ -85,7 +85,7 @@ func ago(d time.Duration) string { return d.Round(time.Second).String() }
 func (s *server) ctlLocks(cfg *config.Config) *ipc.CtlReply {
 	locks, err := s.listLocks(cfg)
 	if err != nil {
-		return ctlReply(ctlFailed, "lock_path %s: %v", cfg.LockPath, err)
+		return ctlReply(ipc.CtlFailed, "lock_path %s: %v", cfg.LockPath, err)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "lock_path %s, lock_duration %d", cfg.LockPath, cfg.LockDuration)
@@ -95,7 +95,7 @@ func (s *server) ctlLocks(cfg *config.Config) *ipc.CtlReply {
 	b.WriteString("\n")
 	if len(locks) == 0 {
 		b.WriteString("no locks\n")
-		return ctlReply(ctlOK, "%s", b.String())
+		return ctlReply(ipc.CtlOK, "%s", b.String())
 	}
 	slices.SortFunc(locks, func(a, b *lockFile) int { return a.mtime.Compare(b.mtime) })
 	now := time.Now()
@@ -118,7 +118,7 @@ func (s *server) ctlLocks(cfg *config.Config) *ipc.CtlReply {
 		fmt.Fprintf(tw, "%v\t%s\t%s\t%s\t%s\n", l.client, cause, ago(now.Sub(l.mtime)), exp, ownerName(l.owner))
 	}
 	tw.Flush()
-	return ctlReply(ctlOK, "%s", b.String())
+	return ctlReply(ipc.CtlOK, "%s", b.String())
 }
 
 // parseDuration reads the DURATION of `lock`: seconds, a Go duration
@@ -143,10 +143,10 @@ func parseDuration(s string) (d time.Duration, forever, ok bool) {
 func (s *server) ctlLock(cfg *config.Config, args []string, uid int) *ipc.CtlReply {
 	c, err := parseClientArg(args[0])
 	if err != nil {
-		return ctlReply(ctlUsage, "lock: %v", err)
+		return ctlReply(ipc.CtlUsage, "lock: %v", err)
 	}
 	if !locking(cfg) {
-		return ctlReply(ctlFailed, "lock: locking is off (lock_duration 0): a lock would not be checked")
+		return ctlReply(ipc.CtlFailed, "lock: locking is off (lock_duration 0): a lock would not be checked")
 	}
 	rest := args[1:]
 	var until time.Time
@@ -160,7 +160,7 @@ func (s *server) ctlLock(cfg *config.Config, args []string, uid int) *ipc.CtlRep
 			}
 			rest = rest[1:]
 		} else if _, err := strconv.ParseInt(rest[0], 10, 64); err == nil {
-			return ctlReply(ctlUsage, "lock: DURATION %q: seconds (at least 1), a duration such as 2h30m, or -1/forever", rest[0])
+			return ctlReply(ipc.CtlUsage, "lock: DURATION %q: seconds (at least 1), a duration such as 2h30m, or -1/forever", rest[0])
 		}
 	}
 	cause := strings.Join(rest, " ")
@@ -168,17 +168,17 @@ func (s *server) ctlLock(cfg *config.Config, args []string, uid int) *ipc.CtlRep
 		cause = "manual"
 	}
 	if len(cause) > maxCause || strings.ContainsFunc(cause, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return ctlReply(ctlUsage, "lock: CAUSE must be one line of at most %d bytes", maxCause)
+		return ctlReply(ipc.CtlUsage, "lock: CAUSE must be one line of at most %d bytes", maxCause)
 	}
 	unlock := s.keys.lock(c.addr)
 	defer unlock()
 	for _, n := range lockNames(c) {
 		l, err := s.statLock(cfg, n)
 		if err != nil {
-			return ctlReply(ctlFailed, "lock: %v", err)
+			return ctlReply(ipc.CtlFailed, "lock: %v", err)
 		}
 		if l != nil && s.admin(l) {
-			return ctlReply(ctlFailed, "lock: %v is protected: %s belongs to %s, an administrator's file", c, l.path, ownerName(l.owner))
+			return ctlReply(ipc.CtlFailed, "lock: %v is protected: %s belongs to %s, an administrator's file", c, l.path, ownerName(l.owner))
 		}
 	}
 	// Without DURATION the lock follows lock_duration, as the others do;
@@ -192,49 +192,49 @@ func (s *server) ctlLock(cfg *config.Config, args []string, uid int) *ipc.CtlRep
 	}
 	old, err := s.statLock(cfg, c)
 	if err != nil {
-		return ctlReply(ctlFailed, "lock: %v", err)
+		return ctlReply(ipc.CtlFailed, "lock: %v", err)
 	}
 	content := lockContent(cause, until, forever)
 	if old != nil {
 		// A lock of ours: replaced, with the new cause and end.
 		if err := writeAtomic(cfg.LockPath, c.fileName(), content, os.FileMode(cfg.LockPerm)&os.ModePerm); err != nil {
-			return ctlReply(ctlFailed, "lock: %v", err)
+			return ctlReply(ipc.CtlFailed, "lock: %v", err)
 		}
 		s.log.Noticef("LOCK %v: %s, %s, replacing the lock for %q (smtpgatectl, uid %d)", c, cause, end, old.cause, uid)
-		return ctlReply(ctlOK, "%v locked (%s), %s; it was locked for %q\n", c, cause, end, old.cause)
+		return ctlReply(ipc.CtlOK, "%v locked (%s), %s; it was locked for %q\n", c, cause, end, old.cause)
 	}
 	res, err := s.makeLock(cfg, c, cause, until, forever, now)
 	if err == nil && !res.created {
 		err = errors.New("the lock file appeared meanwhile; try again")
 	}
 	if err != nil {
-		return ctlReply(ctlFailed, "lock: %v", err)
+		return ctlReply(ipc.CtlFailed, "lock: %v", err)
 	}
 	s.log.Noticef("LOCK %v: %s, %s, %s (smtpgatectl, uid %d)", c, cause, end, res.path, uid)
-	return ctlReply(ctlOK, "%v locked (%s), %s\n", c, cause, end)
+	return ctlReply(ipc.CtlOK, "%v locked (%s), %s\n", c, cause, end)
 }
 
 func (s *server) ctlUnlock(cfg *config.Config, arg string, uid int) *ipc.CtlReply {
 	c, err := parseClientArg(arg)
 	if err != nil {
-		return ctlReply(ctlUsage, "unlock: %v", err)
+		return ctlReply(ipc.CtlUsage, "unlock: %v", err)
 	}
 	unlock := s.keys.lock(c.addr)
 	defer unlock()
 	l, err := s.statLock(cfg, c)
 	switch {
 	case err != nil:
-		return ctlReply(ctlFailed, "unlock: %v", err)
+		return ctlReply(ipc.CtlFailed, "unlock: %v", err)
 	case l == nil:
-		return ctlReply(ctlNotFound, "unlock: %v is not locked (no %s)", c, filepath.Join(cfg.LockPath, c.fileName()))
+		return ctlReply(ipc.CtlNotFound, "unlock: %v is not locked (no %s)", c, filepath.Join(cfg.LockPath, c.fileName()))
 	case s.admin(l):
-		return ctlReply(ctlFailed, "unlock: %s belongs to %s, an administrator's file: not removed (remove it yourself)", l.path, ownerName(l.owner))
+		return ctlReply(ipc.CtlFailed, "unlock: %s belongs to %s, an administrator's file: not removed (remove it yourself)", l.path, ownerName(l.owner))
 	}
 	if err := os.Remove(l.path); err != nil {
-		return ctlReply(ctlFailed, "unlock: %v", err)
+		return ctlReply(ipc.CtlFailed, "unlock: %v", err)
 	}
 	s.log.Noticef("UNLOCK %v: lock for %q removed (smtpgatectl, uid %d)", c, l.cause, uid)
-	return ctlReply(ctlOK, "%v unlocked (it was locked for %q)\n", c, l.cause)
+	return ctlReply(ipc.CtlOK, "%v unlocked (it was locked for %q)\n", c, l.cause)
 }
 
 // showRecord is the text of `ratelimit show`.
@@ -278,7 +278,7 @@ func showRecord(cfg *config.Config, c client, r *record, note string) string {
 func (s *server) ctlRateShow(cfg *config.Config, arg string) *ipc.CtlReply {
 	c, err := parseClientArg(arg)
 	if err != nil {
-		return ctlReply(ctlUsage, "ratelimit show: %v", err)
+		return ctlReply(ipc.CtlUsage, "ratelimit show: %v", err)
 	}
 	unlock := s.keys.lock(c.addr)
 	defer unlock()
@@ -291,7 +291,7 @@ func (s *server) ctlRateShow(cfg *config.Config, arg string) *ipc.CtlReply {
 		note = fmt.Sprintf(" (%v: a new record replaces it at the next connection)", err)
 		r = nil
 	case err != nil:
-		return ctlReply(ctlFailed, "ratelimit show: %s: %v", path, err)
+		return ctlReply(ipc.CtlFailed, "ratelimit show: %s: %v", path, err)
 	case r == nil:
 		note = " (no record yet)"
 	}
@@ -300,13 +300,13 @@ func (s *server) ctlRateShow(cfg *config.Config, arg string) *ipc.CtlReply {
 	} else {
 		r.refresh(cfg, now) // what the next request will see; not written
 	}
-	return ctlReply(ctlOK, "%s", showRecord(cfg, c, r, note))
+	return ctlReply(ipc.CtlOK, "%s", showRecord(cfg, c, r, note))
 }
 
 func (s *server) ctlRateSet(cfg *config.Config, arg string, pairs []string, uid int) *ipc.CtlReply {
 	c, err := parseClientArg(arg)
 	if err != nil {
-		return ctlReply(ctlUsage, "ratelimit set: %v", err)
+		return ctlReply(ipc.CtlUsage, "ratelimit set: %v", err)
 	}
 	quotas := map[int]uint64{}
 	gen := uint64(personalGeneration)
@@ -314,29 +314,29 @@ func (s *server) ctlRateSet(cfg *config.Config, arg string, pairs []string, uid 
 		name, val, ok := strings.Cut(p, "=")
 		v, verr := strconv.ParseUint(val, 10, 64)
 		if !ok || verr != nil {
-			return ctlReply(ctlUsage, "ratelimit set: %q: want NAME=VALUE, VALUE a number (0: no quota)", p)
+			return ctlReply(ipc.CtlUsage, "ratelimit set: %q: want NAME=VALUE, VALUE a number (0: no quota)", p)
 		}
 		if name == "generation" {
 			if v <= cfg.RatelimitGeneration {
-				return ctlReply(ctlUsage, "ratelimit set: generation %d is not above ratelimit_generation %d: the configuration's quotas would replace these", v, cfg.RatelimitGeneration)
+				return ctlReply(ipc.CtlUsage, "ratelimit set: generation %d is not above ratelimit_generation %d: the configuration's quotas would replace these", v, cfg.RatelimitGeneration)
 			}
 			gen = v
 			continue
 		}
 		i := counterIndex(name)
 		if i < 0 {
-			return ctlReply(ctlUsage, "ratelimit set: unknown NAME %q; names: %s, generation", name, strings.Join(counterNames[:], ", "))
+			return ctlReply(ipc.CtlUsage, "ratelimit set: unknown NAME %q; names: %s, generation", name, strings.Join(counterNames[:], ", "))
 		}
 		quotas[i] = v
 	}
 	if len(quotas) == 0 {
-		return ctlReply(ctlUsage, "ratelimit set: no quota given (NAME=VALUE, NAME one of %s)", strings.Join(counterNames[:], ", "))
+		return ctlReply(ipc.CtlUsage, "ratelimit set: no quota given (NAME=VALUE, NAME one of %s)", strings.Join(counterNames[:], ", "))
 	}
 	unlock := s.keys.lock(c.addr)
 	defer unlock()
 	r, _, err := s.loadRecord(cfg, c, time.Now())
 	if err != nil {
-		return ctlReply(ctlFailed, "ratelimit set: %v", err)
+		return ctlReply(ipc.CtlFailed, "ratelimit set: %v", err)
 	}
 	var set []string
 	for i, v := range quotas {
@@ -346,16 +346,16 @@ func (s *server) ctlRateSet(cfg *config.Config, arg string, pairs []string, uid 
 	slices.Sort(set)
 	r.Generation = gen
 	if err := s.storeRecord(cfg, r); err != nil {
-		return ctlReply(ctlFailed, "ratelimit set: %v", err)
+		return ctlReply(ipc.CtlFailed, "ratelimit set: %v", err)
 	}
 	s.log.Noticef("RATELIMIT %v: quotas %s, generation %d (smtpgatectl, uid %d)", c, strings.Join(set, " "), gen, uid)
-	return ctlReply(ctlOK, "%s", showRecord(cfg, c, r, ""))
+	return ctlReply(ipc.CtlOK, "%s", showRecord(cfg, c, r, ""))
 }
 
 func (s *server) ctlRateReset(cfg *config.Config, arg string, all bool, uid int) *ipc.CtlReply {
 	c, err := parseClientArg(arg)
 	if err != nil {
-		return ctlReply(ctlUsage, "ratelimit reset: %v", err)
+		return ctlReply(ipc.CtlUsage, "ratelimit reset: %v", err)
 	}
 	unlock := s.keys.lock(c.addr)
 	defer unlock()
@@ -364,24 +364,24 @@ func (s *server) ctlRateReset(cfg *config.Config, arg string, all bool, uid int)
 		err := os.Remove(path)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
-			return ctlReply(ctlNotFound, "ratelimit reset: %v has no record", c)
+			return ctlReply(ipc.CtlNotFound, "ratelimit reset: %v has no record", c)
 		case err != nil:
-			return ctlReply(ctlFailed, "ratelimit reset: %v", err)
+			return ctlReply(ipc.CtlFailed, "ratelimit reset: %v", err)
 		}
 		s.log.Noticef("RATELIMIT %v: record removed (smtpgatectl, uid %d)", c, uid)
-		return ctlReply(ctlOK, "%v: record removed: counts from zero, the configuration's quotas\n", c)
+		return ctlReply(ipc.CtlOK, "%v: record removed: counts from zero, the configuration's quotas\n", c)
 	}
 	r, err := readRecord(path)
 	if r == nil && err == nil {
-		return ctlReply(ctlNotFound, "ratelimit reset: %v has no record", c)
+		return ctlReply(ipc.CtlNotFound, "ratelimit reset: %v has no record", c)
 	}
 	if r, _, err = s.loadRecord(cfg, c, time.Now()); err != nil {
-		return ctlReply(ctlFailed, "ratelimit reset: %v", err)
+		return ctlReply(ipc.CtlFailed, "ratelimit reset: %v", err)
 	}
 	r.Count, r.Start = [nCounters]uint64{}, time.Now().Unix()
 	if err := s.storeRecord(cfg, r); err != nil {
-		return ctlReply(ctlFailed, "ratelimit reset: %v", err)
+		return ctlReply(ipc.CtlFailed, "ratelimit reset: %v", err)
 	}
 	s.log.Noticef("RATELIMIT %v: counts reset (smtpgatectl, uid %d)", c, uid)
-	return ctlReply(ctlOK, "%s", showRecord(cfg, c, r, ""))
+	return ctlReply(ipc.CtlOK, "%s", showRecord(cfg, c, r, ""))
 }

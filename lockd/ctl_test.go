@@ -10,7 +10,7 @@ import (
 	"smtp-gated/ipc"
 )
 
-func ctl(t testing.TB, s *server, wantCode int, command string, args ...string) string {
+func ctl(t testing.TB, s *server, wantCode ipc.CtlStatus, command string, args ...string) string {
 	t.Helper()
 	r := s.control(&ipc.LockdCtl{Command: command, Args: args, UID: 0})
 	if r.Code != wantCode {
@@ -22,30 +22,30 @@ func ctl(t testing.TB, s *server, wantCode int, command string, args ...string) 
 func TestCtlLocks(t *testing.T) {
 	s, _ := testServer(t, "lock_on virus", "lock_duration 3600")
 	cfg := s.cfg.Load()
-	if out := ctl(t, s, ctlOK, "locks"); !strings.Contains(out, "no locks") {
+	if out := ctl(t, s, ipc.CtlOK, "locks"); !strings.Contains(out, "no locks") {
 		t.Errorf("locks, none: %q", out)
 	}
-	ctl(t, s, ctlOK, "lock", "192.0.2.1")
+	ctl(t, s, ipc.CtlOK, "lock", "192.0.2.1")
 	if b, _ := os.ReadFile(filepath.Join(cfg.LockPath, "192.0.2.1")); string(b) != "manual\n" {
 		t.Errorf("lock without DURATION: %q, want the cause alone (lock_duration applies)", b)
 	}
-	ctl(t, s, ctlOK, "lock", "2001:db8::1-alice", "90m", "spam", "run")
+	ctl(t, s, ipc.CtlOK, "lock", "2001:db8::1-alice", "90m", "spam", "run")
 	b, _ := os.ReadFile(filepath.Join(cfg.LockPath, "2001_db8__1-alice"))
 	if lines := strings.Split(string(b), "\n"); len(lines) != 3 || lines[0] != "spam run" || !strings.HasPrefix(lines[1], "until ") {
 		t.Errorf("lock with DURATION and CAUSE: %q", b)
 	}
-	ctl(t, s, ctlOK, "lock", "192.0.2.2", "forever")
+	ctl(t, s, ipc.CtlOK, "lock", "192.0.2.2", "forever")
 	if !locked(t, s, &ipc.Policy{Client: cli4b}) || !locked(t, s, &ipc.Policy{Client: cli6, Ident: "alice"}) {
 		t.Error("smtpgatectl locks are not locks")
 	}
-	out := ctl(t, s, ctlOK, "locks")
+	out := ctl(t, s, ipc.CtlOK, "locks")
 	for _, want := range []string{"CLIENT", "192.0.2.1  ", "manual", "2001:db8::1-alice", "spam run", "in 1h", "192.0.2.2", "never"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("locks lacks %q:\n%s", want, out)
 		}
 	}
 	// Replacing a lock.
-	if out := ctl(t, s, ctlOK, "lock", "192.0.2.1", "1", "short"); !strings.Contains(out, `it was locked for "manual"`) {
+	if out := ctl(t, s, ipc.CtlOK, "lock", "192.0.2.1", "1", "short"); !strings.Contains(out, `it was locked for "manual"`) {
 		t.Errorf("replacing: %q", out)
 	}
 	time.Sleep(1100 * time.Millisecond)
@@ -53,8 +53,8 @@ func TestCtlLocks(t *testing.T) {
 		t.Error("a 1-second lock still holds")
 	}
 	// Unlock.
-	ctl(t, s, ctlOK, "unlock", "192.0.2.2")
-	ctl(t, s, ctlNotFound, "unlock", "192.0.2.2")
+	ctl(t, s, ipc.CtlOK, "unlock", "192.0.2.2")
+	ctl(t, s, ipc.CtlNotFound, "unlock", "192.0.2.2")
 	if locked(t, s, &ipc.Policy{Client: cli4b}) {
 		t.Error("still locked after unlock")
 	}
@@ -65,11 +65,11 @@ func TestCtlLocks(t *testing.T) {
 		{"ratelimit", "set", "192.0.2.1"}, {"ratelimit", "set", "192.0.2.1", "frobs=1"}, {"ratelimit", "set", "192.0.2.1", "connections"},
 		{"ratelimit", "set", "192.0.2.1", "connections=-1"}, {"ratelimit", "set", "192.0.2.1", "generation=5"},
 		{"ratelimit", "show", "1.2.3"}} {
-		ctl(t, s, ctlUsage, args[0], args[1:]...)
+		ctl(t, s, ipc.CtlUsage, args[0], args[1:]...)
 	}
 	// Locking off.
 	s.setConfig(t, "lock_duration 0")
-	ctl(t, s, ctlFailed, "lock", "192.0.2.9")
+	ctl(t, s, ipc.CtlFailed, "lock", "192.0.2.9")
 }
 
 func TestCtlAdminFile(t *testing.T) {
@@ -80,13 +80,13 @@ func TestCtlAdminFile(t *testing.T) {
 	path := filepath.Join(s.cfg.Load().LockPath, "192.0.2.1")
 	os.WriteFile(path, []byte("mine\n"), 0o644)
 	os.Chown(path, 65534, 65534)
-	if out := ctl(t, s, ctlFailed, "lock", "192.0.2.1-bob"); !strings.Contains(out, "administrator's file") {
+	if out := ctl(t, s, ipc.CtlFailed, "lock", "192.0.2.1-bob"); !strings.Contains(out, "administrator's file") {
 		t.Errorf("lock of a protected client: %q", out)
 	}
-	if out := ctl(t, s, ctlFailed, "unlock", "192.0.2.1"); !strings.Contains(out, "administrator's file") {
+	if out := ctl(t, s, ipc.CtlFailed, "unlock", "192.0.2.1"); !strings.Contains(out, "administrator's file") {
 		t.Errorf("unlock of an administrator's file: %q", out)
 	}
-	if out := ctl(t, s, ctlOK, "locks"); !strings.Contains(out, "administrator's file") || !strings.Contains(out, "nobody") {
+	if out := ctl(t, s, ipc.CtlOK, "locks"); !strings.Contains(out, "administrator's file") || !strings.Contains(out, "nobody") {
 		t.Errorf("locks: %q", out)
 	}
 	if _, err := os.Stat(path); err != nil {
@@ -96,13 +96,13 @@ func TestCtlAdminFile(t *testing.T) {
 
 func TestCtlRatelimit(t *testing.T) {
 	s, _ := testServer(t, "ratelimit_period 3600", "ratelimit_generation 10", "ratelimit_connections 3")
-	if out := ctl(t, s, ctlOK, "ratelimit", "show", "192.0.2.1"); !strings.Contains(out, "no record yet") || !strings.Contains(out, "connections       0      3") {
+	if out := ctl(t, s, ipc.CtlOK, "ratelimit", "show", "192.0.2.1"); !strings.Contains(out, "no record yet") || !strings.Contains(out, "connections       0      3") {
 		t.Errorf("show without a record:\n%s", out)
 	}
 	take := &ipc.Policy{Client: cli4, Take: []string{ipc.RateConnections}}
 	ask(t, s, take)
 	ask(t, s, take)
-	out := ctl(t, s, ctlOK, "ratelimit", "set", "192.0.2.1", "connections=5", "sessions=7")
+	out := ctl(t, s, ipc.CtlOK, "ratelimit", "set", "192.0.2.1", "connections=5", "sessions=7")
 	for _, want := range []string{"quotas of its own: never replaced", "connections       2      5", "messages          0      7"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("set: lacks %q:\n%s", want, out)
@@ -119,25 +119,25 @@ func TestCtlRatelimit(t *testing.T) {
 		t.Fatalf("connection 6: over %q, want connections", a.Over)
 	}
 	// A given generation is replaced by a higher configuration's.
-	ctl(t, s, ctlUsage, "ratelimit", "set", "192.0.2.2", "connections=1", "generation=99999999999999")
-	ctl(t, s, ctlOK, "ratelimit", "set", "192.0.2.2", "connections=1", "generation=100000000000000")
+	ctl(t, s, ipc.CtlUsage, "ratelimit", "set", "192.0.2.2", "connections=1", "generation=99999999999999")
+	ctl(t, s, ipc.CtlOK, "ratelimit", "set", "192.0.2.2", "connections=1", "generation=100000000000000")
 	if r := s.testRecord(t, cli4b, ""); r.Generation != 100000000000000 || r.Quota[0] != 1 {
 		t.Errorf("record %+v", r)
 	}
 	// reset: counts; reset all: the record.
-	out = ctl(t, s, ctlOK, "ratelimit", "reset", "192.0.2.1")
+	out = ctl(t, s, ipc.CtlOK, "ratelimit", "reset", "192.0.2.1")
 	if !strings.Contains(out, "connections       0      5") {
 		t.Errorf("reset:\n%s", out)
 	}
-	ctl(t, s, ctlOK, "ratelimit", "reset", "192.0.2.1", "all")
-	ctl(t, s, ctlNotFound, "ratelimit", "reset", "192.0.2.1", "all")
-	ctl(t, s, ctlNotFound, "ratelimit", "reset", "192.0.2.1")
-	if out := ctl(t, s, ctlOK, "ratelimit", "show", "192.0.2.1"); !strings.Contains(out, "connections       0      1") {
+	ctl(t, s, ipc.CtlOK, "ratelimit", "reset", "192.0.2.1", "all")
+	ctl(t, s, ipc.CtlNotFound, "ratelimit", "reset", "192.0.2.1", "all")
+	ctl(t, s, ipc.CtlNotFound, "ratelimit", "reset", "192.0.2.1")
+	if out := ctl(t, s, ipc.CtlOK, "ratelimit", "show", "192.0.2.1"); !strings.Contains(out, "connections       0      1") {
 		t.Errorf("after reset all, the configuration's quota:\n%s", out)
 	}
 	// A corrupt file is shown as such.
 	os.WriteFile(filepath.Join(s.cfg.Load().RatelimitPath, "192.0.2.1"), []byte("junk"), 0o640)
-	if out := ctl(t, s, ctlOK, "ratelimit", "show", "192.0.2.1"); !strings.Contains(out, "corrupt") {
+	if out := ctl(t, s, ipc.CtlOK, "ratelimit", "show", "192.0.2.1"); !strings.Contains(out, "corrupt") {
 		t.Errorf("show of a corrupt file:\n%s", out)
 	}
 }

@@ -105,8 +105,7 @@ func isLoop(cfg *config.Config, dst, local netip.AddrPort) bool {
 	if dst != local {
 		return false
 	}
-	switch cfg.Mode {
-	case config.ModeGetsockname, config.ModeIpfw, config.ModeTproxy, config.ModeTproxyNetfilter:
+	if cfg.Mode.LocalIsDestination() {
 		return dst.Port() == cfg.Port
 	}
 	return true

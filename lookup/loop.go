@@ -16,9 +16,7 @@ import (
 // its interfaces). "" when it is none of them. A helper that is wrong or
 // compromised must not make the proxy relay to a service on its own host.
 func remoteLoop(cfg *config.Config, dst, local netip.AddrPort, own func() []netip.Addr) string {
-	switch cfg.Mode {
-	case config.ModeRemote, config.ModeRemoteUDP:
-	default:
+	if !cfg.Mode.Remote() {
 		return ""
 	}
 	a := dst.Addr().Unmap()

@@ -6,16 +6,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/child"
-	"smtp-gated/internal/config"
 )
 
 // openNatDev takes the NAT device master passed on child.NatDevFD in the
 // modes that ask one (pf, ipfilter). A missing descriptor is logged; the
 // look-ups then fail with a clear error.
 func (s *server) openNatDev() {
-	switch s.env.Cfg.Mode {
-	case config.ModePf, config.ModeIpfilter:
-	default:
+	if s.env.Cfg.Mode.NATDevice() == "" {
 		return
 	}
 	var st unix.Stat_t

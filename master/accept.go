@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
 
@@ -153,12 +153,8 @@ func (m *master) admit(c *net.TCPConn) {
 // reject answers a connection that is not admitted and closes it.
 func (m *master) reject(c *net.TCPConn, code int, text string) {
 	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintf(c, "%d %s %s\r\n", code, m.cfg.Load().ProxyHostName(), text)
-	// FIN after the reply, then read what the client still sends: closing
-	// with unread data would reset the connection and could lose the reply.
-	c.CloseWrite()
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	io.Copy(io.Discard, io.LimitReader(c, 64*1024))
+	c.Write(smtp.FormatReply(code, "", m.cfg.Load().ProxyHostName(), text))
+	smtp.HangUp(c)
 	c.Close()
 }
 

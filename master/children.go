@@ -258,8 +258,7 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 	} else {
 		p.failures++
 	}
-	delay := 250 * time.Millisecond << min(p.failures, 7)
-	delay = min(delay, 30*time.Second)
+	delay := p.backoff()
 	m.mu.Unlock()
 
 	if stopping {
@@ -272,6 +271,13 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 		m.log.Warningf("%v had not taken %d sessions: %d handed to other workers, %d refused", p, moved+refused, moved, refused)
 	}
 	go m.restart(p, delay)
+}
+
+// backoff is how long slot p waits before it is started again: 250 ms
+// after a process that ran for a while (or was killed for a breach),
+// doubling with each failure in a row up to 30 s. Called with m.mu held.
+func (p *proc) backoff() time.Duration {
+	return min(250*time.Millisecond<<min(p.failures, 7), 30*time.Second)
 }
 
 // restart starts slot p again after delay, and again with growing delays
@@ -296,7 +302,7 @@ func (m *master) restart(p *proc, delay time.Duration) {
 		}
 		m.mu.Lock()
 		p.failures++
-		delay = min(250*time.Millisecond<<min(p.failures, 7), 30*time.Second)
+		delay = p.backoff()
 		m.mu.Unlock()
 		m.log.Errf("restarting %v: %v; trying again in %v", p, err, delay)
 	}

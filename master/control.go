@@ -109,7 +109,7 @@ func (m *master) serveControl() {
 		m.log.Errf("control socket: %v", err)
 		return
 	}
-	refusal, err := ipc.RefusalPacket(ctlBusy, "smtp-gated: too many control connections open; try again later")
+	refusal, err := ipc.RefusalPacket("smtp-gated: too many control connections open; try again later")
 	if err != nil {
 		m.log.Errf("control socket: %v", err)
 		return
@@ -189,7 +189,9 @@ func acceptRaw(rc syscall.RawConn) (int, error) {
 		}
 	})
 	if err != nil {
-		return -1, err
+		// The poller fails only when the descriptor is closed (its
+		// error, "use of closed file", is not os.ErrClosed itself).
+		return -1, fmt.Errorf("%w: %v", os.ErrClosed, err)
 	}
 	if aerr != nil {
 		return -1, os.NewSyscallError("accept4", aerr)
@@ -253,156 +255,133 @@ func (m *master) control(uc *net.UnixConn) {
 	}
 }
 
-// Exit codes of smtpgatectl, as the reply carries them (3, the daemon
-// could not be reached, is smtpgatectl's own).
-const (
-	ctlOK       = 0
-	ctlFailed   = 1
-	ctlUsage    = 2
-	ctlDenied   = 4
-	ctlNotFound = 5
-	// ctlBusy: too many control connections; the exit status of a
-	// daemon that could not be reached.
-	ctlBusy = 3
-)
-
-// commands lists the control commands: the words a request starts with,
-// whether they need root (or the daemon's own user), and their usage.
-var commands = []struct {
-	name       string
-	privileged bool
-	usage      string
-}{
-	{"status", false, "status"},
-	{"sessions", false, "sessions"},
-	{"stats", false, "stats [--prometheus]"},
-	{"dump", false, "dump"},
-	{"show", true, "show config"},
-	{"reload", true, "reload"},
-	{"stop", true, "stop"},
-	{"kill", true, "kill SESSION"},
-	{"log", true, "log level LEVEL"},
-	// Answered by lockd (limits.go); ratelimit set and reset are
-	// privileged, ratelimit show is not.
-	{"locks", false, "locks"},
-	{"lock", true, "lock ADDR [DURATION] [CAUSE]"},
-	{"unlock", true, "unlock ADDR"},
-	{"ratelimit", false, "ratelimit show|set|reset ADDR ..."},
-}
-
-func usageText() string {
-	var u []string
-	for _, c := range commands {
-		u = append(u, c.usage)
-	}
-	return "commands: " + strings.Join(u, ", ")
-}
-
-func reply(code int, format string, a ...any) *ipc.CtlReply {
+func reply(code ipc.CtlStatus, format string, a ...any) *ipc.CtlReply {
 	return &ipc.CtlReply{Code: code, Text: fmt.Sprintf(format, a...)}
+}
+
+// ctlRun runs one control command with its arguments, for a caller with
+// uid whose privileges were checked; a nil reply is a usage error.
+type ctlRun func(m *master, args []string, uid int) *ipc.CtlReply
+
+// ctlRuns holds what master does for each command of ipc.CtlCommands
+// that lockd does not answer; TestCtlTable holds them to the list.
+var ctlRuns = map[string]ctlRun{
+	"status":   noArgs(func(m *master) *ipc.CtlReply { return reply(ipc.CtlOK, "%s", m.status()) }),
+	"sessions": noArgs(ctlSessions),
+	"stats":    ctlStats,
+	"dump":     noArgs(ctlDump),
+	"show": func(m *master, args []string, _ int) *ipc.CtlReply {
+		if len(args) != 1 || args[0] != "config" {
+			return nil
+		}
+		return reply(ipc.CtlOK, "%s", m.cfgText.Load().(string))
+	},
+	"kill":   ctlKill,
+	"log":    ctlLog,
+	"reload": noArgs(func(m *master) *ipc.CtlReply { return m.ctlMainLoop("reload", "reloaded") }),
+	"stop":   noArgs(func(m *master) *ipc.CtlReply { return m.ctlMainLoop("stop", "stopping") }),
+}
+
+// noArgs makes the ctlRun of a command that takes no arguments.
+func noArgs(f func(m *master) *ipc.CtlReply) ctlRun {
+	return func(m *master, args []string, _ int) *ipc.CtlReply {
+		if len(args) != 0 {
+			return nil
+		}
+		return f(m)
+	}
 }
 
 // command runs one control command for a caller with uid.
 func (m *master) command(req *ipc.CtlRequest, uid int) *ipc.CtlReply {
 	if req.Version != ipc.Version {
-		return reply(ctlFailed, "smtpgatectl speaks version %d, the daemon %d: use the smtpgatectl of the running daemon", req.Version, ipc.Version)
+		return reply(ipc.CtlFailed, "smtpgatectl speaks version %d, the daemon %d: use the smtpgatectl of the running daemon", req.Version, ipc.Version)
 	}
-	known := false
-	for _, c := range commands {
-		if c.name != req.Command {
-			continue
+	c := ipc.LookupCtl(req.Command)
+	if c == nil {
+		var names []string
+		for _, c := range ipc.CtlCommands {
+			names = append(names, c.Name)
 		}
-		known = true
-		if c.privileged && uid != 0 && uid != os.Geteuid() {
-			m.log.Warningf("control socket: %q refused for uid %d", req.Command, uid)
-			return reply(ctlDenied, "%s: permission denied (needs root or the daemon's user)", req.Command)
-		}
+		return reply(ipc.CtlUsage, "unknown command %q; commands: %s", req.Command, strings.Join(names, ", "))
 	}
-	if !known {
-		return reply(ctlUsage, "unknown command %q; %s", req.Command, usageText())
+	if c.Privileged(req.Args) && uid != 0 && uid != os.Geteuid() {
+		m.log.Warningf("control socket: %q refused for uid %d", req.Command, uid)
+		return reply(ipc.CtlDenied, "%s: permission denied (needs root or the daemon's user)", req.Command)
 	}
-	args := req.Args
-	switch req.Command {
-	case "status":
-		if len(args) != 0 {
-			break
-		}
-		return reply(ctlOK, "%s", m.status())
-	case "sessions":
-		if len(args) != 0 {
-			break
-		}
-		var b strings.Builder
-		s := m.snap(true)
-		humanTable(&b, s)
-		return reply(ctlOK, "%s", b.String())
-	case "stats":
-		var b strings.Builder
-		switch {
-		case len(args) == 0:
-			statsText(&b, m.snap(false))
-		case len(args) == 1 && args[0] == "--prometheus":
-			prometheus(&b, m.snap(false))
-		default:
-			return reply(ctlUsage, "usage: stats [--prometheus]")
-		}
-		return reply(ctlOK, "%s", b.String())
-	case "dump":
-		if len(args) != 0 {
-			break
-		}
-		text, err := m.writeState()
-		if err != nil {
-			return reply(ctlFailed, "dump failed: %v", err)
-		}
-		return reply(ctlOK, "%s", text)
-	case "show":
-		if len(args) != 1 || args[0] != "config" {
-			return reply(ctlUsage, "usage: show config")
-		}
-		return reply(ctlOK, "%s", m.cfgText.Load().(string))
-	case "kill":
-		if len(args) != 1 {
-			return reply(ctlUsage, "usage: kill SESSION (the id of the NEW and CLOSE lines)")
-		}
-		id, err := strconv.ParseUint(args[0], 10, 64)
-		if err != nil {
-			return reply(ctlUsage, "kill: %q is not a session id", args[0])
-		}
-		m.log.Noticef("control socket: kill session %d (uid %d)", id, uid)
-		switch err := m.killSession(id); {
-		case errors.Is(err, errNoSession):
-			return reply(ctlNotFound, "kill: no such session %d", id)
-		case err != nil:
-			return reply(ctlFailed, "kill %d failed: %v", id, err)
-		}
-		return reply(ctlOK, "session %d killed", id)
-	case "log":
-		if len(args) != 2 || args[0] != "level" {
-			return reply(ctlUsage, "usage: log level LEVEL (debug, info, notice, warning, err, crit, alert, emerg)")
-		}
-		if err := m.mainLoop("loglevel", args[1]); err != nil {
-			if errors.Is(err, errBadLevel) {
-				return reply(ctlUsage, "log level: %v", err)
-			}
-			return reply(ctlFailed, "log level failed: %v", err)
-		}
-		return reply(ctlOK, "log level %s", args[1])
-	case "locks", "lock", "unlock", "ratelimit":
+	if c.Lockd {
 		return m.lockdCommand(req, uid)
-	case "reload", "stop":
-		if len(args) != 0 {
-			break
-		}
-		if err := m.mainLoop(req.Command, ""); err != nil {
-			return reply(ctlFailed, "%s failed: %v", req.Command, err)
-		}
-		if req.Command == "stop" {
-			return reply(ctlOK, "stopping")
-		}
-		return reply(ctlOK, "reloaded")
 	}
-	return reply(ctlUsage, "%s takes no arguments", req.Command)
+	if r := ctlRuns[c.Name](m, req.Args, uid); r != nil {
+		return r
+	}
+	return reply(ipc.CtlUsage, "%s", c.Usage())
+}
+
+func ctlSessions(m *master) *ipc.CtlReply {
+	var b strings.Builder
+	humanTable(&b, m.snap(true))
+	return reply(ipc.CtlOK, "%s", b.String())
+}
+
+func ctlStats(m *master, args []string, _ int) *ipc.CtlReply {
+	var b strings.Builder
+	switch {
+	case len(args) == 0:
+		statsText(&b, m.snap(false))
+	case len(args) == 1 && args[0] == "--prometheus":
+		prometheus(&b, m.snap(false))
+	default:
+		return nil
+	}
+	return reply(ipc.CtlOK, "%s", b.String())
+}
+
+func ctlDump(m *master) *ipc.CtlReply {
+	text, err := m.writeState()
+	if err != nil {
+		return reply(ipc.CtlFailed, "dump failed: %v", err)
+	}
+	return reply(ipc.CtlOK, "%s", text)
+}
+
+func ctlKill(m *master, args []string, uid int) *ipc.CtlReply {
+	if len(args) != 1 {
+		return nil
+	}
+	id, err := strconv.ParseUint(args[0], 10, 64)
+	if err != nil {
+		return reply(ipc.CtlUsage, "kill: %q is not a session id (the id= of the NEW and CLOSE lines)", args[0])
+	}
+	m.log.Noticef("control socket: kill session %d (uid %d)", id, uid)
+	switch err := m.killSession(id); {
+	case errors.Is(err, errNoSession):
+		return reply(ipc.CtlNotFound, "kill: no such session %d", id)
+	case err != nil:
+		return reply(ipc.CtlFailed, "kill %d failed: %v", id, err)
+	}
+	return reply(ipc.CtlOK, "session %d killed", id)
+}
+
+func ctlLog(m *master, args []string, _ int) *ipc.CtlReply {
+	if len(args) != 2 || args[0] != "level" {
+		return reply(ipc.CtlUsage, "usage: log level LEVEL (debug, info, notice, warning, err, crit, alert, emerg)")
+	}
+	if err := m.mainLoop("loglevel", args[1]); err != nil {
+		if errors.Is(err, errBadLevel) {
+			return reply(ipc.CtlUsage, "log level: %v", err)
+		}
+		return reply(ipc.CtlFailed, "log level failed: %v", err)
+	}
+	return reply(ipc.CtlOK, "log level %s", args[1])
+}
+
+// ctlMainLoop runs reload or stop on the main loop and answers done.
+func (m *master) ctlMainLoop(op, done string) *ipc.CtlReply {
+	if err := m.mainLoop(op, ""); err != nil {
+		return reply(ipc.CtlFailed, "%s failed: %v", op, err)
+	}
+	return reply(ipc.CtlOK, "%s", done)
 }
 
 // mainLoop runs op on master's main loop, where reloads and stops happen

@@ -182,7 +182,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 		}
 	}
 	defer m.listener.Close()
-	if cfg.Mode == config.ModeTproxy || cfg.Mode == config.ModeTproxyNetfilter {
+	if cfg.Mode.Transparent() {
 		if err := transparent(m.listener); err != nil {
 			return err
 		}

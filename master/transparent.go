@@ -47,13 +47,8 @@ func (m *master) spoof(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.SpoofQuery) {
 // modes pf and ipfilter, while master is still root; it is passed to
 // every lookup process on child.NatDevFD.
 func natDevice(mode config.Mode) (*os.File, error) {
-	var path string
-	switch mode {
-	case config.ModePf:
-		path = "/dev/pf"
-	case config.ModeIpfilter:
-		path = "/dev/ipnat"
-	default:
+	path := mode.NATDevice()
+	if path == "" {
 		return nil, nil
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)

@@ -220,7 +220,7 @@ func TestClamdRestart(t *testing.T) {
 	for _, addr := range []string{c.Socket, c.Addr} {
 		engines[addr], logs[addr] = testEngine(t, clamdConfig(addr))
 	}
-	check := func(want string) {
+	check := func(want ipc.VerdictKind) {
 		t.Helper()
 		for addr, e := range engines {
 			if v := scanWith(t, e, logs[addr], privateSpool(t, virus)); v.Kind != want {

@@ -94,7 +94,11 @@ func TestMksd(t *testing.T) {
 	if v := scanWith(t, e, lb, privateSpool(t, message(tok))); v.Kind != ipc.VerdictClean || v.Err != "" {
 		t.Errorf("clean: verdict %+v", v)
 	}
-	for _, tc := range []struct{ answer, kind, name, err string }{
+	for _, tc := range []struct {
+		answer    string
+		kind      ipc.VerdictKind
+		name, err string
+	}{
 		{"CLN\n", ipc.VerdictClean, "", ""},
 		{"DEL /x\n", ipc.VerdictClean, "", ""},
 		{"VIR\n", ipc.VerdictVirus, e.cfg.MsgUnknownVirus, ""},

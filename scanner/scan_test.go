@@ -77,7 +77,7 @@ func TestScanSkip(t *testing.T) {
 	for _, tc := range []struct {
 		skip    []string
 		msg     []byte
-		kind    string
+		kind    ipc.VerdictKind
 		scanned []string
 	}{
 		{[]string{"antivir"}, virus, ipc.VerdictClean, []string{"spamd"}},
@@ -286,7 +286,7 @@ func TestScanSpoolShorterThanSize(t *testing.T) {
 	msg := message("x")
 	for _, tc := range []struct {
 		size int64
-		want string
+		want ipc.VerdictKind
 	}{
 		{int64(len(msg)) + 1, ipc.VerdictError},
 		{int64(len(msg)), ipc.VerdictClean},

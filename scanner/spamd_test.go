@@ -74,7 +74,7 @@ func TestSpamMaxSize(t *testing.T) {
 	msg := spamMessage(t)
 	for _, tc := range []struct {
 		max  uint64
-		want string
+		want ipc.VerdictKind
 		why  string
 	}{
 		{uint64(len(msg)) - 1, ipc.VerdictClean, "skipped=spamd(spam_max_size)"},
@@ -99,7 +99,7 @@ func TestSpamMaxLoad(t *testing.T) {
 	s := harness.Spamd(t)
 	for _, tc := range []struct {
 		max, load float64
-		want      string
+		want      ipc.VerdictKind
 	}{
 		{1, 1.5, ipc.VerdictClean},
 		{1, 1, ipc.VerdictSpam}, // "higher" only

@@ -241,7 +241,7 @@ func (e *engine) relayGreeting(r *smtp.Reply) bool {
 		e.closeMTA()
 		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
 		e.cw.Flush()
-		hangUp(e.cli)
+		smtp.HangUp(e.cli)
 		return false
 	}
 	e.cw.Write(r.Raw())

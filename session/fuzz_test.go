@@ -61,7 +61,7 @@ func (f *fakePeers) scan(_ context.Context, _ ipc.Type, _ *ipc.Scan, _ int) (*ip
 	defer f.mu.Unlock()
 	kind := ipc.VerdictClean
 	if len(f.verdicts) > 0 {
-		kind = [...]string{ipc.VerdictClean, ipc.VerdictVirus, ipc.VerdictSpam, ipc.VerdictError}[f.verdicts[0]%4]
+		kind = [...]ipc.VerdictKind{ipc.VerdictClean, ipc.VerdictVirus, ipc.VerdictSpam, ipc.VerdictError}[f.verdicts[0]%4]
 		f.verdicts = f.verdicts[1:]
 	}
 	if kind == ipc.VerdictClean {

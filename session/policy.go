@@ -154,7 +154,7 @@ func (w *worker) countIdent(c *conn) bool {
 func earlyReject(c *conn, by ipc.CloseCause, code int, text string) bool {
 	c.by = by
 	c.reply(code, text)
-	hangUp(c.client)
+	smtp.HangUp(c.client)
 	return false
 }
 

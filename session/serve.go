@@ -3,7 +3,6 @@ package session
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
 
@@ -73,7 +73,7 @@ func (w *worker) serve(c *conn, f *os.File) {
 	case by == "loop":
 		c.by = by
 		c.reply(554, msg) // an early reject, as for the other limits
-		hangUp(c.client)
+		smtp.HangUp(c.client)
 		return
 	case by != "":
 		// The documented answer to a failed look-up: a greeting, then
@@ -91,7 +91,7 @@ func (w *worker) serve(c *conn, f *os.File) {
 		c.by = "dnsbl"
 		w.found(c, config.LockDNSBL, zone)
 		c.reply(554, dnsblText(c.cfg, zone))
-		hangUp(c.client)
+		smtp.HangUp(c.client)
 		return
 	}
 	c.setState(stConnect)
@@ -134,15 +134,14 @@ func (w *worker) finish(c *conn) {
 // reply writes one reply of the proxy's own to the client, bounded in time.
 func (c *conn) reply(code int, text string) {
 	c.client.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c.client, "%d %s %s\r\n", code, c.cfg.ProxyHostName(), text)
+	c.client.Write(smtp.FormatReply(code, "", c.cfg.ProxyHostName(), text))
 }
 
 // destination decides where the session goes. On failure it returns the
 // text for the client and the CLOSE cause.
 func (w *worker) destination(c *conn) (msg string, by ipc.CloseCause) {
 	cfg := c.cfg
-	switch cfg.Mode {
-	case config.ModeFixed, config.ModeFixedXclient:
+	if cfg.Mode.Fixed() {
 		c.setDestination(netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort), "")
 		return "", ""
 	}

@@ -2,7 +2,6 @@ package session
 
 import (
 	"errors"
-	"io"
 	"net"
 	"time"
 
@@ -91,13 +90,4 @@ func (e *engine) goDirect() {
 	e.srv.SetDeadline(time.Time{})
 	by := relayInto(e.cli, e.srv, time.Duration(e.cfg.TimeoutDirect)*time.Second, &e.c.cliRx, &e.c.srvRx)
 	e.setBy(by)
-}
-
-// hangUp ends a session the proxy refuses: it sends FIN after its last
-// reply and reads what the client still sends, so that closing the socket
-// with unread data does not reset the connection and lose the reply.
-func hangUp(c *net.TCPConn) {
-	c.CloseWrite()
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	io.Copy(io.Discard, io.LimitReader(c, 64*1024))
 }

@@ -15,35 +15,7 @@ import (
 const defaultSocket = "/var/run/smtp-gated/control.sock"
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `usage: smtpgatectl [-c config_file | -s socket] command [argument ...]
-
-commands:
-  status                print the daemon's status and its processes
-  sessions              print the live sessions, one line each
-  stats                 print the counters, one "name: value" a line
-  stats --prometheus    the counters in Prometheus text format
-  dump                  write the status file (as SIGUSR1) and print it
-  show config           print the running configuration (needs root)
-  reload                reload the configuration (as SIGHUP; needs root)
-  stop                  stop accepting, let sessions finish, exit (needs root)
-  kill SESSION          end the session with that id now (needs root)
-  log level LEVEL       change log_level in every process (needs root)
-  locks                 list the lock files
-  lock ADDR [DURATION] [CAUSE]
-                        lock a client (needs root)
-  unlock ADDR           remove a client's lock (needs root)
-  ratelimit show ADDR   print a client's rate-limit counts and quotas
-  ratelimit set ADDR NAME=VALUE...
-                        give a client quotas of its own (needs root)
-  ratelimit reset ADDR [all]
-                        zero a client's counts; all: its quotas too (needs root)
-
-"needs root": root or the user the daemon runs as. The control socket is
-control_socket of the configuration file given with -c (when not set there,
-control.sock beside its pidfile), or %s.
-Exit status: 0 done, 1 failed, 2 usage, 3 daemon not reachable or busy,
-4 permission denied, 5 no such session, lock or rate-limit record.
-`, defaultSocket)
+	fmt.Fprint(w, ipc.CtlUsageText(defaultSocket))
 }
 
 func main() {
@@ -59,7 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		fmt.Fprintf(stderr, "smtpgatectl: %v\n", err)
 		usage(stderr)
-		return 2
+		return int(ipc.CtlUsage)
 	}
 	if *help {
 		usage(stdout)
@@ -67,7 +39,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() == 0 {
 		usage(stderr)
-		return 2
+		return int(ipc.CtlUsage)
 	}
 	path := defaultSocket
 	switch {
@@ -77,14 +49,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg, err := config.Load(*cfgPath)
 		if err != nil {
 			fmt.Fprintf(stderr, "smtpgatectl: %v\n", err)
-			return 1
+			return int(ipc.CtlFailed)
 		}
 		path, _ = cfg.ControlSocketPath()
 	}
 	r, err := ipc.Control(path, fs.Arg(0), fs.Args()[1:])
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpgatectl: %v\n", err)
-		return 3
+		return int(ipc.CtlNoDaemon)
 	}
 	out := stdout
 	if r.Code != 0 {
@@ -94,5 +66,5 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(r.Text) > 0 && r.Text[len(r.Text)-1] != '\n' {
 		fmt.Fprintln(out)
 	}
-	return r.Code
+	return int(r.Code)
 }

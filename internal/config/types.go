@@ -141,6 +141,43 @@ func (m Mode) Fixed() bool { return m == ModeFixed || m == ModeFixedXclient }
 // Remote reports whether the mode asks a remote helper (remote, remote-udp).
 func (m Mode) Remote() bool { return m == ModeRemote || m == ModeRemoteUDP }
 
+// Transparent reports whether the listening socket accepts connections
+// to any address (IP_TRANSPARENT: tproxy, tproxy,netfilter).
+func (m Mode) Transparent() bool { return m == ModeTproxy || m == ModeTproxyNetfilter }
+
+// NATDevice returns the device master opens for the mode's look-ups
+// (pf, ipfilter), "" for the others.
+func (m Mode) NATDevice() string {
+	switch m {
+	case ModePf:
+		return "/dev/pf"
+	case ModeIpfilter:
+		return "/dev/ipnat"
+	}
+	return ""
+}
+
+// LocalIsDestination reports whether the local address of a client's
+// connection is its original destination, as the kernel delivered it
+// unchanged (getsockname, ipfw, tproxy, tproxy,netfilter).
+func (m Mode) LocalIsDestination() bool {
+	switch m {
+	case ModeGetsockname, ModeIpfw, ModeTproxy, ModeTproxyNetfilter:
+		return true
+	}
+	return false
+}
+
+// KernelNAT reports whether the mode reads the original destination
+// from a packet filter of the kernel (the original's USE_NAT modes).
+func (m Mode) KernelNAT() bool {
+	switch m {
+	case ModeNetfilter, ModeTproxy, ModeIpfw, ModeIpfilter, ModePf:
+		return true
+	}
+	return false
+}
+
 // StatefileType is the statefile_type bit set.
 type StatefileType uint32
 

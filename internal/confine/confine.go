@@ -67,7 +67,7 @@ var Rules = []Rule{
 		Pledge:   "stdio inet dns route pf recvfd",
 		Capsicum: "when mode is neither remote nor remote-udp, and dnsbl and spf are off",
 		capsicum: func(cfg *config.Config) bool {
-			return cfg.Mode != config.ModeRemote && cfg.Mode != config.ModeRemoteUDP &&
+			return !cfg.Mode.Remote() &&
 				cfg.Dnsbl == "" && cfg.Spf == config.SPFOff
 		},
 	},

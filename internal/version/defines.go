@@ -4,8 +4,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
-
-	"smtp-gated/internal/config"
 )
 
 // Define is one line of the Defines: block of smtp-gated -V: a
@@ -32,8 +30,7 @@ type Define struct {
 func Defines() []Define {
 	var nat []string
 	for _, m := range Modes() {
-		switch m {
-		case config.ModeNetfilter, config.ModeTproxy, config.ModeIpfw, config.ModeIpfilter, config.ModePf:
+		if m.KernelNAT() {
 			nat = append(nat, m.String())
 		}
 	}

@@ -339,7 +339,7 @@ func TestScannerChildUnexpected(t *testing.T) {
 	systemUser(t)
 	harness.Clamd(t) // skips unless the peers can run
 	sc := startScannerChild(t, fmt.Sprintf("mode getsockname\nset_user %s\nset_group %s\n", harness.TestUser, harness.TestUser))
-	if err := sc.session.Send(ipc.MsgSessionEnd, &ipc.SessionEnd{ID: 1}); err != nil {
+	if err := sc.session.Send(ipc.MsgSessionEnd, &ipc.SessionEnd{ID: 1, By: ipc.CloseQuit}); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -354,7 +354,7 @@ func TestScannerChildUnexpected(t *testing.T) {
 		t.Fatal("the process exited")
 	case <-time.After(200 * time.Millisecond):
 	}
-	if err := sc.master.Send(ipc.MsgSessionEnd, &ipc.SessionEnd{ID: 1}); err != nil {
+	if err := sc.master.Send(ipc.MsgSessionEnd, &ipc.SessionEnd{ID: 1, By: ipc.CloseQuit}); err != nil {
 		t.Fatal(err)
 	}
 	select {
