@@ -1,6 +1,8 @@
 package session
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -38,6 +40,12 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			return errTakeover
 		}
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
+		if e.isTakenOver() {
+			// The deadline does not stop a read that was under way:
+			// what came is the takeover session's.
+			e.giveBack(line, tooLong)
+			return errTakeover
+		}
 		if err != nil {
 			e.clientEnded(err)
 			return err
@@ -59,6 +67,18 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			return err
 		}
 	}
+}
+
+// giveBack puts a line read from the client back in front of what it
+// sends next. A line cut at the longest length gets its end back.
+func (e *engine) giveBack(line []byte, tooLong bool) {
+	if len(line) == 0 {
+		return
+	}
+	if tooLong {
+		line = append(line, "\r\n"...)
+	}
+	e.cr = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(line), e.cr), e.cr.Size())
 }
 
 // clientEnded records why reading the client stopped.

@@ -115,8 +115,8 @@ func (w *worker) admitSession(c *conn) bool {
 			w.log.Noticef("[%d] %v is locked (%s): refused", c.id, c.src, a.Cause)
 			return earlyReject(c, "lock", 554, cfg.MsgVirusLocked)
 		case a.Over != "":
+			// As in 1.4, a count that is no rejection locks no one.
 			w.log.Noticef("[%d] %v: rate limit %s reached: refused", c.id, c.src, a.Over)
-			w.found(c, config.LockRatelimit, a.Over)
 			return earlyReject(c, "ratelimit", 554, cfg.MsgRateReject)
 		}
 	}
@@ -275,7 +275,11 @@ func (e *engine) rateRefused(verb string) bool {
 		return false
 	}
 	e.rep.Logf(e.log, logx.Notice, "rate limit", "[%d] %s refused: rate limit %s reached", e.c.id, verb, a.Over)
-	e.found(config.LockRatelimit, a.Over)
+	if a.Over == ipc.RateAuthRejects {
+		// Rejections are a ratelimit event for lock_on; as in 1.4,
+		// the counts of recipients and messages lock no one.
+		e.found(config.LockRatelimit, a.Over)
+	}
 	code, enhanced, text := rateReply(cfg, a.Over)
 	e.local(verb, code, enhanced, text)
 	return true
@@ -382,7 +386,8 @@ func (e *engine) rejectTakeover(p *pending, over string) {
 	}
 	e.forward = 0
 	e.flushLocked()
-	// Whatever the client's reader waits for, it stops now.
+	// The client's reader stops waiting now (a read already under way is
+	// seen to in clientLoop).
 	e.clock.stop()
 	e.cli.SetReadDeadline(time.Now())
 }

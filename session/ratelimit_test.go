@@ -117,3 +117,31 @@ func TestRejectOverLimit(t *testing.T) {
 		t.Errorf("closed by %q, want ratelimit", by)
 	}
 }
+
+// The client's next command after the refusal that took the session over
+// goes to the takeover session, however the read of it and the takeover
+// fall in time (a read deadline does not stop a read under way): many
+// sessions, each must answer it.
+func TestRejectTakeoverNextCommand(t *testing.T) {
+	for i := range 200 {
+		cfg := rigConfig()
+		cfg.RatelimitExpiration = 60
+		cfg.MsgRatelimitMailfromRejects = "too many"
+		l := &scriptedLockd{fakePeers: &fakePeers{}, answer: func(q *ipc.Policy) (*ipc.PolicyAnswer, error) {
+			return &ipc.PolicyAnswer{Over: ipc.RateMailfromRejects}, nil
+		}}
+		r := startRig(t, cfg, l)
+		r.send("m", "220 mta.test ESMTP")
+		r.expect("c", "220 mta.test ESMTP")
+		r.send("c", "MAIL FROM:<a@client.test>")
+		r.expect("m", "MAIL FROM:<a@client.test>")
+		r.send("m", "553 5.7.1 sender refused")
+		r.expect("c", "550 proxy.test too many")
+		r.send("c", "RCPT TO:<b@mta.test>")
+		r.expect("c", "503 proxy.test "+cfg.MsgProtoError)
+		r.send("c", "QUIT")
+		if by := r.wait(); by != "ratelimit" {
+			t.Fatalf("session %d: closed by %q, want ratelimit", i, by)
+		}
+	}
+}
