@@ -9,7 +9,7 @@ import (
 // start-up handshake and in every control request; bump it on every change
 // to a message number or payload, so that a master and a child built from
 // different sources refuse each other instead of misreading each other.
-const Version = 4
+const Version = 5
 
 // Type is the number of one message type. Numbers are explicit and never
 // reused: a reader of a packet dump, or of a log line naming a number, can
@@ -299,6 +299,9 @@ type SessionEnd struct {
 	Direct    bool       `msgpack:"direct"`
 	Empty     bool       `msgpack:"empty"`
 	Transacts int        `msgpack:"transactions"`
+	// Spam is the number of messages the scanner found spam, whether
+	// refused or passed (lock_on without spam); at most Transacts.
+	Spam int `msgpack:"spam"`
 }
 
 // SessionsQuery asks a session worker for its live sessions. IDs, when
@@ -528,7 +531,10 @@ type Found struct {
 	IdentCount int `msgpack:"ident_count"`
 	// Detail is the virus name, the DNSBL zone, the refused address or
 	// name, the rate-limit counter: what the event was about.
-	Detail      string  `msgpack:"detail"`
+	Detail string `msgpack:"detail"`
+	// Command is the SMTP command a regex event refused (HELO, EHLO,
+	// MAIL or RCPT): action_script's FOUND names it.
+	Command     string  `msgpack:"command"`
 	SpamScore   float64 `msgpack:"spam_score"`
 	Helo        string  `msgpack:"helo"`
 	MailFrom    string  `msgpack:"mail_from"`

@@ -15,6 +15,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	case *ipc.Config:
 		old := s.cfg.Load()
 		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			cfg = s.view(cfg)
 			s.env.Refit(cfg, confinePaths(cfg))
 			s.cfg.Store(cfg)
 			if old.LockPath != cfg.LockPath || old.RatelimitPath != cfg.RatelimitPath ||
@@ -165,7 +166,7 @@ func (s *server) found(f *ipc.Found) error {
 	if lock {
 		now := time.Now()
 		unlock := s.keys.lock(c.addr)
-		res, lerr = s.makeLock(cfg, c, f.Event, time.Time{}, false, now)
+		res, lerr = s.makeLock(cfg, c, lockCause(f), time.Time{}, false, now)
 		unlock()
 		switch {
 		case lerr != nil:
@@ -189,7 +190,7 @@ func (s *server) found(f *ipc.Found) error {
 		if res.created {
 			lockFile = res.path
 		}
-		s.script.start(cfg, scriptEnv(cfg, f, lockFile), what)
+		s.script.start(cfg, scriptArgs(f), scriptEnv(cfg, f, lockFile), what)
 	}
 	return lerr
 }

@@ -9,12 +9,16 @@
 // request at a time, and written before the answer goes: a lockd killed
 // at any moment loses no lock and no count it acknowledged.
 //
-// lockd is not chrooted: it runs action_script, which lives anywhere.
+// Under chroot_path lockd changes its root to it, as every process of 1.4
+// did: lock_path, ratelimit_path and action_script (with its interpreter)
+// are paths inside it, and the script runs there. Otherwise lockd is not
+// chrooted: action_script lives anywhere.
 package lockd
 
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -40,31 +44,54 @@ type server struct {
 	maxRateFiles int64
 	rateFiles    atomic.Int64 // files in ratelimit_path, as counted
 	rateFull     atomic.Int64 // unix time the bound was last logged
+
+	// chrooted: lockd's root is chroot_path, and the configuration's
+	// paths are used as written; otherwise as the host names them.
+	chrooted bool
 }
 
 // Run serves until master closes the link.
 func Run(env *child.Env) error {
 	s := &server{env: env, log: env.Log, script: newScriptRunner(env.Log), maxRateFiles: defaultMaxRateFiles}
-	s.cfg.Store(env.Cfg)
 	// The directories are made while lockd is still root, for set_user.
-	makeDirs(env.Cfg, env.Log)
-	// Not chrooted: action_script and the directories live anywhere.
-	if err := env.Drop(""); err != nil {
+	makeDirs(env.Cfg.OnHost(), env.Log)
+	// The scripts' standard input, opened before any chroot.
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
 		return err
 	}
+	s.script.stdin = devNull
+	// Into chroot_path when it is set (and lockd is root); otherwise not
+	// chrooted: action_script and the directories live anywhere.
+	root := os.Geteuid() == 0
+	if err := env.Drop(env.Cfg.ChrootPath); err != nil {
+		return err
+	}
+	s.chrooted = root && env.Cfg.ChrootPath != ""
+	cfg := s.view(env.Cfg)
+	s.cfg.Store(cfg)
 	s.uid = os.Geteuid()
-	if err := env.Confine(confinePaths(env.Cfg)); err != nil {
+	if err := env.Confine(confinePaths(cfg)); err != nil {
 		return err
 	}
 	if err := env.Ready(); err != nil {
 		return err
 	}
-	s.checkDirs(env.Cfg)
+	s.checkDirs(cfg)
 	go s.sweeper()
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
 	s.master = master
 	env.LinkEnded(master.Run())
 	return nil
+}
+
+// view is cfg as lockd uses it: as written when lockd's root is
+// chroot_path, otherwise with every path as the host names it.
+func (s *server) view(cfg *config.Config) *config.Config {
+	if s.chrooted {
+		return cfg
+	}
+	return cfg.OnHost()
 }
 
 // confinePaths is where the paths of lockd's confinement are
@@ -104,7 +131,13 @@ func makeDirs(cfg *config.Config, log *logx.Logger) {
 		if _, err := os.Stat(dir.path); !errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		if err := os.MkdirAll(dir.path, 0o750); err != nil {
+		// Parents as missing system directories are made (0755): set_user
+		// must pass through them to its own.
+		if err := os.MkdirAll(filepath.Dir(dir.path), 0o755); err != nil {
+			log.Errf("%s: %v", dir.path, err)
+			continue
+		}
+		if err := os.Mkdir(dir.path, 0o750); err != nil {
 			log.Errf("%s: %v", dir.path, err)
 			continue
 		}

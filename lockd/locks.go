@@ -19,8 +19,9 @@ import (
 )
 
 // A lock is a file <lock_path>/<client file name> (see client.fileName)
-// that belongs to lockd's user. Its first line is the cause (the lock_on
-// event, or what `smtpgatectl lock` was given); a lock made with an
+// that belongs to lockd's user. Its first line is the cause (as 1.4
+// wrote it: the virus name, or action_script's FOUND word; or what
+// `smtpgatectl lock` was given); a lock made with an
 // explicit duration has a second line, "until UNIXTIME" or "until
 // forever". Any other lock lasts lock_duration seconds from the file's
 // modification time (-1: until removed), so a change of lock_duration

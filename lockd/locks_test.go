@@ -40,15 +40,16 @@ func TestLockOnVirus(t *testing.T) {
 	if st.Mode().Perm() != 0o604 || int(st.Sys().(*syscall.Stat_t).Uid) != os.Geteuid() {
 		t.Errorf("lock file mode %v uid %d, want 0604, %d", st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid, os.Geteuid())
 	}
-	if b, _ := os.ReadFile(path); string(b) != "virus\n" {
-		t.Errorf("lock file content %q, want %q", b, "virus\n")
+	// The cause 1.4 wrote: the virus name.
+	if b, _ := os.ReadFile(path); string(b) != "Eicar\n" {
+		t.Errorf("lock file content %q, want %q", b, "Eicar\n")
 	}
 	if !strings.Contains(lb.String(), "LOCK 192.0.2.1: virus from 192.0.2.1 (Eicar)") {
 		t.Errorf("no LOCK line:\n%s", lb)
 	}
 	a := ask(t, s, &ipc.Policy{Client: cli4, Lock: true})
-	if !a.Locked || a.Cause != "virus" {
-		t.Errorf("answer %+v, want locked for virus", a)
+	if !a.Locked || a.Cause != "Eicar" {
+		t.Errorf("answer %+v, want locked for Eicar", a)
 	}
 	if locked(t, s, &ipc.Policy{Client: cli4b}) {
 		t.Error("another address is locked")
@@ -91,7 +92,7 @@ func TestLockExpiry(t *testing.T) {
 	}
 	// The sweep removes expired locks of clients that do not come back.
 	path = filepath.Join(cfg.LockPath, "192.0.2.2")
-	if b, _ := os.ReadFile(path); string(b) != "earlytalker\n" {
+	if b, _ := os.ReadFile(path); string(b) != "EARLYTALK\n" {
 		t.Errorf("earlytalk lock content %q", b)
 	}
 	s.sweepLocks(cfg, time.Now())

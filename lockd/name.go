@@ -34,13 +34,13 @@ func newClient(a netip.Addr, ident string) (client, error) {
 //	192.0.2.1              an IPv4 address
 //	2001_db8__1            an IPv6 address, ':' written '_'
 //	192.0.2.1-alice        an address and an ident
-//	192.0.2.1-a%2Fb        ident bytes other than letters, digits and ._+=@~ as %XX
+//	192.0.2.1-a_b          the ident as 1.4 cleaned it (fileIdent)
 //
 // An address never holds '-', so the first '-' starts the ident.
 func (c client) fileName() string {
 	name := strings.ReplaceAll(c.addr.String(), ":", "_")
 	if c.ident != "" {
-		name += "-" + escapeIdent(c.ident)
+		name += "-" + fileIdent(c.ident)
 	}
 	return name
 }
@@ -57,60 +57,37 @@ func (c client) String() string {
 // hostOnly is the client without its ident.
 func (c client) hostOnly() client { return client{addr: c.addr} }
 
-func identByteOK(b byte) bool {
+// fileIdentMax is the length of the ident in a file name: 1.4 kept 20
+// bytes of an ident.
+const fileIdentMax = 20
+
+func fileIdentByteOK(b byte) bool {
 	switch {
 	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
 		return true
 	}
-	return strings.IndexByte("._+=@~", b) >= 0
+	return strings.IndexByte("-=+:", b) >= 0
 }
 
-func escapeIdent(s string) string {
-	var b strings.Builder
-	for i := range len(s) {
-		if c := s[i]; identByteOK(c) {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
+// fileIdent is ident as 1.4 put it in a file name: its first 20 bytes,
+// each byte other than a letter, a digit or one of "-=+:" written '_'.
+// Two idents that differ only there share their files, as in 1.4, so
+// that the lock files and an administrator's files of a 1.4
+// installation keep their meaning.
+func fileIdent(ident string) string {
+	b := []byte(ident[:min(len(ident), fileIdentMax)])
+	for i, c := range b {
+		if !fileIdentByteOK(c) {
+			b[i] = '_'
 		}
 	}
-	return b.String()
+	return string(b)
 }
 
-func unescapeIdent(s string) (string, bool) {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c != '%' {
-			if !identByteOK(c) {
-				return "", false
-			}
-			b.WriteByte(c)
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", false
-		}
-		var v byte
-		for _, h := range []byte{s[i+1], s[i+2]} {
-			switch {
-			case '0' <= h && h <= '9':
-				v = v<<4 | (h - '0')
-			case 'A' <= h && h <= 'F':
-				v = v<<4 | (h - 'A' + 10)
-			default:
-				return "", false
-			}
-		}
-		b.WriteByte(v)
-		i += 2
-	}
-	return b.String(), true
-}
-
-// parseFileName reads a file name of lock_path or ratelimit_path back. It
-// reports false for names that are no client's (temporary files, files an
-// administrator put there for other reasons).
+// parseFileName reads a file name of lock_path or ratelimit_path back:
+// the client's ident is the one of the name, as fileIdent wrote it. It
+// reports false for names that are no client's (temporary files, files
+// an administrator put there for other reasons).
 func parseFileName(name string) (client, bool) {
 	host, ident, _ := strings.Cut(name, "-")
 	if strings.ContainsAny(host, ":%") {
@@ -120,14 +97,7 @@ func parseFileName(name string) (client, bool) {
 	if err != nil || a.Zone() != "" || a.Is4In6() {
 		return client{}, false
 	}
-	c := client{addr: a}
-	if ident != "" {
-		id, ok := unescapeIdent(ident)
-		if !ok || id == "" || len(id) > maxIdent {
-			return client{}, false
-		}
-		c.ident = id
-	}
+	c := client{addr: a, ident: ident}
 	if c.fileName() != name {
 		return client{}, false // not the one spelling of it
 	}

@@ -437,7 +437,8 @@ func (m *master) dumpState() {
 		m.log.Errf("status: %v", err)
 		return
 	}
-	m.log.Noticef("status written to %s", m.cfg.Load().Statefile)
+	cfg := m.cfg.Load()
+	m.log.Noticef("status written to %s", cfg.HostPath(cfg.Statefile))
 }
 
 // status is the text of `smtpgatectl status`.

@@ -149,11 +149,13 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 		if cfg.SetUser == "" {
 			log.Warningf("set_user is not set: children run as %q", "nobody")
 		}
-		d, err := emptyRoot(cfg.Pidfile)
-		if err != nil {
-			return err
+		if cfg.ChrootPath == "" {
+			d, err := emptyRoot(cfg.Pidfile)
+			if err != nil {
+				return err
+			}
+			m.emptyDir = d
 		}
-		m.emptyDir = d
 	}
 
 	// What needs root is opened first, before any child exists.
@@ -161,7 +163,8 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 		return err
 	}
 	defer m.closeControl()
-	if err := m.writePidfile(cfg.Pidfile); err != nil {
+	// Under chroot_path, as every path option, inside it (1.4's rule).
+	if err := m.writePidfile(cfg.HostPath(cfg.Pidfile)); err != nil {
 		return err
 	}
 	defer os.Remove(m.pidfile)

@@ -82,7 +82,7 @@ func (m *master) snap(withSessions bool) *snapshot {
 			s.Rejects[k] += n
 		}
 	}
-	s.Viruses, s.Spam = m.ops.closes["virus"], m.ops.closes["spam"]
+	s.Viruses, s.Spam = m.ops.closes["virus"], m.ops.spam
 	for _, p := range m.allProcs() {
 		s.Restarts[p.String()] = p.restarts
 	}
@@ -100,7 +100,7 @@ func (m *master) writeState() (string, error) {
 	}
 	var b strings.Builder
 	formatState(&b, cfg.StatefileType, m.snap(true))
-	if err := writeAtomic(cfg.Statefile, []byte(b.String()), os.FileMode(cfg.StatefilePerm&0o7777)); err != nil {
+	if err := writeAtomic(cfg.HostPath(cfg.Statefile), []byte(b.String()), os.FileMode(cfg.StatefilePerm&0o7777)); err != nil {
 		return "", fmt.Errorf("statefile: %w", err)
 	}
 	return b.String(), nil

@@ -41,7 +41,7 @@ func prometheus(w io.Writer, s *snapshot) {
 	metric("requests_total", "counter", "Connections accepted.", val(s.Requests))
 	metric("direct_sessions_total", "counter", "Sessions that ended as a direct proxy (STARTTLS, auth_skip direct).", val(s.Direct))
 	metric("empty_sessions_total", "counter", "Sessions that ended without a mail transaction.", val(s.Empty))
-	metric("found_total", "counter", "Messages refused for a virus or as spam.",
+	metric("found_total", "counter", "Messages refused for a virus, and messages found spam (refused or passed, per lock_on).",
 		lab("kind", "virus", s.Viruses), lab("kind", "spam", s.Spam))
 	var rej []string
 	for i, k := range rejectKinds {

@@ -33,6 +33,7 @@ type opsState struct {
 	closes      map[string]uint64
 	clientBytes uint64 // received from clients, sessions that ended
 	serverBytes uint64 // received from servers, sessions that ended
+	spam        uint64 // messages found spam, refused or passed
 	stateMu     sync.Mutex
 }
 
@@ -49,6 +50,9 @@ func (m *master) countEnd(e *ipc.SessionEnd) {
 	m.countClose(string(e.By))
 	m.ops.clientBytes += e.ClientRx
 	m.ops.serverBytes += e.ServerRx
+	// A message is found spam once: no more than the session's
+	// transactions, whatever the worker says.
+	m.ops.spam += uint64(min(max(e.Spam, 0), max(e.Transacts, 0)))
 }
 
 // liveSessions asks every session worker for its sessions and joins the

@@ -38,7 +38,7 @@ func BenchmarkClamd(b *testing.B) {
 		for _, tr := range []struct{ name, addr string }{{"fildes", c.Socket}, {"instream", c.Addr}} {
 			b.Run(fmt.Sprintf("%s/%dKiB", tr.name, size>>10), func(b *testing.B) {
 				cfg := clamdConfig(tr.addr)
-				cfg.ScanMaxSize = 0 // no limit: 10 MiB is over the default
+				cfg.ScanMaxSize = 1 << 40 // 10 MiB is over the default
 				e, _ := testEngine(b, cfg)
 				q := &ipc.Scan{SessionID: 1, Transaction: 1}
 				b.SetBytes(int64(size))

@@ -124,6 +124,21 @@ func TestClamdScanMaxSize(t *testing.T) {
 	}
 }
 
+// scan_max_size 0 turns the virus scan off (1.4, and the manual): not
+// "no limit".
+func TestClamdScanMaxSizeZero(t *testing.T) {
+	cfg := clamdConfig(filepath.Join(t.TempDir(), "no-clamd.sock")) // never asked
+	cfg.ScanMaxSize = 0
+	e, lb := testEngine(t, cfg)
+	v := scanWith(t, e, lb, privateSpool(t, message("x")))
+	if v.Kind != ipc.VerdictClean || len(v.Scanned) != 0 || v.Err != "" {
+		t.Fatalf("verdict %+v, want clean and nothing scanned", v)
+	}
+	if line := lb.lastScanLine(); !strings.Contains(line, "skipped=clamd(scan_max_size=0)") {
+		t.Errorf("log line %q does not say why clamd was skipped", line)
+	}
+}
+
 // A clamd that is down: an error at once, saying why.
 func TestClamdAbsent(t *testing.T) {
 	for _, addr := range []string{

@@ -13,6 +13,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 	case *ipc.Config:
 		old := s.cfg.Load()
 		if cfg := s.env.Reconfigure(p, m, v); cfg != nil {
+			cfg = cfg.OnHost()
 			s.env.Refit(cfg, confinePaths(cfg))
 			s.cfg.Store(cfg)
 			if scannersChanged(old, cfg) {

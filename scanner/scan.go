@@ -70,9 +70,11 @@ func (e *engine) antispam() *spamd {
 }
 
 // scan judges one message. The virus scan comes first: a virus ends it.
-// Then the spam scan. A scanner that fails makes the verdict an error
-// (unless the other one found something), with Err saying why; whether
-// that passes the message (ignore_errors) is the session's business.
+// Then the spam scan. A virus scanner that fails makes the verdict an
+// error (spam, when the spam scan found it), with Err saying why; whether
+// that passes the message (ignore_errors) is the session's business. The
+// spam scanner only advises, as in 1.4: when it fails, the verdict is
+// what the virus scan said, with Err saying why.
 // Scanned lists the scanners that ran. One log line tells the outcome.
 func (e *engine) scan(ctx context.Context, q *ipc.Scan, f *os.File) *ipc.Verdict {
 	t0 := time.Now()
@@ -102,13 +104,17 @@ func (e *engine) scan(ctx context.Context, q *ipc.Scan, f *os.File) *ipc.Verdict
 		switch {
 		case slices.Contains(q.Skip, skipAntivir):
 			skipped = append(skipped, av.name()+"(auth_skip)")
-		case cfg.ScanMaxSize > 0 && uint64(size) > cfg.ScanMaxSize:
+		case cfg.ScanMaxSize == 0:
+			// As 1.4 and the manual: scan_max_size 0 turns it off.
+			skipped = append(skipped, av.name()+"(scan_max_size=0)")
+		case uint64(size) > cfg.ScanMaxSize:
 			skipped = append(skipped, av.name()+"(scan_max_size)")
 		default:
 			v.Scanned = append(v.Scanned, av.name())
 			found, name, err := av.scan(ctx, sp)
 			switch {
 			case err != nil:
+				v.Kind = ipc.VerdictError
 				errs = append(errs, av.name()+": "+err.Error())
 			case found:
 				if name == "" || strings.EqualFold(name, "unknown") {
@@ -155,12 +161,7 @@ func (e *engine) scan(ctx context.Context, q *ipc.Scan, f *os.File) *ipc.Verdict
 		}
 	}
 
-	if len(errs) > 0 {
-		v.Err = strings.Join(errs, "; ")
-		if v.Kind == ipc.VerdictClean {
-			v.Kind = ipc.VerdictError
-		}
-	}
+	v.Err = strings.Join(errs, "; ")
 	e.logScan(q, v, size, spamRan, skipped, time.Since(t0))
 	return v
 }

@@ -38,22 +38,25 @@ type server struct {
 // Run serves until master closes the link.
 func Run(env *child.Env) error {
 	s := &server{env: env}
-	s.cfg.Store(env.Cfg)
 	// Not chrooted: clamd's, spamd's and mksd's sockets live anywhere in
 	// the file system, and connecting to a unix socket needs its path.
 	// After the drop a socket is reachable when its mode allows set_user
 	// (clamd's LocalSocketMode, spamd's --socketmode); the spool files
 	// need not be readable by path at all: they come as descriptors.
+	// Under chroot_path the sockets' paths are inside it, as in 1.4:
+	// the process uses them as the host names them (OnHost).
+	cfg := env.Cfg.OnHost()
+	s.cfg.Store(cfg)
 	if err := env.Drop(""); err != nil {
 		return err
 	}
-	if err := env.Confine(confinePaths(env.Cfg)); err != nil {
+	if err := env.Confine(confinePaths(cfg)); err != nil {
 		return err
 	}
 	if err := env.Ready(); err != nil {
 		return err
 	}
-	go s.probe(env.Cfg)
+	go s.probe(cfg)
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
 	err := master.Run()
 	s.removeTemp()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/internal/loadavg"
 	"smtp-gated/ipc"
 	"smtp-gated/test/harness"
@@ -214,8 +215,10 @@ func TestSpamdFaults(t *testing.T) {
 			t0 := time.Now()
 			v := scanWith(t, e, lb, privateSpool(t, message("x")))
 			d := time.Since(t0)
-			if v.Kind != ipc.VerdictError || !strings.HasPrefix(v.Err, "spamd: ") || !strings.Contains(v.Err, tc.want) {
-				t.Errorf("verdict %+v, want a spamd error with %q", v, tc.want)
+			// The antispam scanner only advises: its failure leaves
+			// the verdict clean, with the error said.
+			if v.Kind != ipc.VerdictClean || !strings.HasPrefix(v.Err, "spamd: ") || !strings.Contains(v.Err, tc.want) {
+				t.Errorf("verdict %+v, want clean with a spamd error with %q", v, tc.want)
 			}
 			if d < tc.min || d > tc.min+2*time.Second {
 				t.Errorf("took %v, want about %v", d, tc.min)
@@ -223,7 +226,44 @@ func TestSpamdFaults(t *testing.T) {
 		})
 	}
 	e, lb := testEngine(t, spamdConfig(filepath.Join(t.TempDir(), "no-spamd.sock")))
-	if v := scanWith(t, e, lb, privateSpool(t, message("x"))); v.Kind != ipc.VerdictError || !strings.Contains(v.Err, "connect") {
-		t.Errorf("no spamd: verdict %+v, want a connect error", v)
+	if v := scanWith(t, e, lb, privateSpool(t, message("x"))); v.Kind != ipc.VerdictClean || !strings.Contains(v.Err, "connect") {
+		t.Errorf("no spamd: verdict %+v, want clean with a connect error", v)
+	}
+}
+
+// Only the virus scanner's failure makes the verdict an error; spam found
+// meanwhile is still said (the session refuses it under lock_on spam).
+func TestSpamdAdvisory(t *testing.T) {
+	spamAnswer := func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		io.WriteString(c, "SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1000.0 / 5.0\r\n\r\n")
+	}
+	for _, tc := range []struct {
+		name  string
+		spamd func(net.Conn) // nil: none listening
+		kind  ipc.VerdictKind
+		errs  []string
+	}{
+		{"both fail", nil, ipc.VerdictError, []string{"clamd: ", "spamd: "}},
+		{"clamd fails, spam", spamAnswer, ipc.VerdictSpam, []string{"clamd: "}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := spamdConfig(filepath.Join(t.TempDir(), "no-spamd.sock"))
+			if tc.spamd != nil {
+				cfg.AntispamPath = fakeServer(t, tc.spamd)
+			}
+			cfg.AntivirusType = config.AntivirusClamd
+			cfg.AntivirusPath = filepath.Join(t.TempDir(), "no-clamd.sock")
+			e, lb := testEngine(t, cfg)
+			v := scanWith(t, e, lb, privateSpool(t, message("x")))
+			if v.Kind != tc.kind {
+				t.Errorf("verdict %+v, want %s", v, tc.kind)
+			}
+			for _, want := range tc.errs {
+				if !strings.Contains(v.Err, want) {
+					t.Errorf("err %q lacks %q", v.Err, want)
+				}
+			}
+		})
 	}
 }

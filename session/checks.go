@@ -106,6 +106,12 @@ func (e *engine) mailChecks(addr string) bool {
 	if cfg.Spf == config.SPFOff {
 		return false
 	}
+	if authed {
+		// As 1.4: a client that authenticated is who it says it is,
+		// wherever it sends from.
+		e.log.Debugf("[%d] SPF not checked: the client authenticated", c.id)
+		return false
+	}
 	ip := e.spfAddr()
 	if addr == "" && e.helo == "" {
 		e.log.Infof("[%d] SPF none: null sender without HELO, not checked", c.id)

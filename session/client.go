@@ -104,7 +104,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
-			e.found(config.LockRegex, cmd.Arg)
+			e.foundRegex(cmd.Verb, cmd.Arg)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexHelo)
 			return nil
 		}
@@ -117,7 +117,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
-			e.found(config.LockRegex, addr)
+			e.foundRegex(cmd.Verb, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexMailFrom)
 			return nil
 		}
@@ -129,7 +129,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		addr := e.address(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
-			e.found(config.LockRegex, addr)
+			e.foundRegex(cmd.Verb, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexRcptTo)
 			return nil
 		}
@@ -352,4 +352,12 @@ func (e *engine) auth(line []byte) error {
 			line = []byte("*\r\n")
 		}
 	}
+}
+
+// foundRegex reports a command refused by a regex_* option: verb tells
+// action_script which one (REGEX_HELO, REGEX_MAIL_FROM, REGEX_RCPT_TO).
+func (e *engine) foundRegex(verb, detail string) {
+	f := e.c.event(config.LockRegex, detail)
+	f.Command = verb
+	e.report(f)
 }

@@ -62,9 +62,15 @@ func (e *engine) message() error {
 	if h := e.natHeader(); h != nil {
 		_, fwdErr = e.srv.Write(h)
 	}
-	sp, spErr := e.w.spool.create(e.c)
-	if spErr != nil {
-		e.log.Errf("[%d] spool: %v", e.c.id, spErr)
+	// The message is spooled only for a scanner that will read it, and
+	// only as far as that scanner reads (spool_max_size).
+	var sp *spoolFile
+	if limit := e.spoolLimit(); limit > 0 {
+		var err error
+		if sp, err = e.w.spool.create(e.c); err != nil {
+			e.log.Errf("[%d] spool: %v", e.c.id, err)
+		}
+		sp.max = limit
 	}
 	st := e.startScan(sp) // scan_stream: clamd gets the message as it comes
 	defer st.abandon()    // unless scan took it at the dot
@@ -79,7 +85,9 @@ func (e *engine) message() error {
 				e.srv.SetWriteDeadline(time.Now().Add(idle))
 				_, fwdErr = e.srv.Write(fwd)
 			}
-			sp.write(spool)
+			if sp.write(spool); sp != nil && (sp.dropped || sp.err != nil) {
+				st.abandon() // the scanner reads this file no more
+			}
 			if cfg.SizeLimit > 0 && uint64(f.Size()) > cfg.SizeLimit {
 				// Over the limit: the MTA is dropped now, before it can
 				// see an end; the rest of the message is read and let go.
@@ -134,10 +142,15 @@ func (e *engine) message() error {
 		e.log.Warningf("[%d] sending the message to the MTA: %v", e.c.id, fwdErr)
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
 		return fwdErr
-	case sp.err != nil:
-		e.log.Errf("[%d] spool %s: %v", e.c.id, sp.hostPath(), sp.err)
-		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError))
+	case sp != nil && sp.err != nil:
+		// The file is gone already (spoolFile.write).
+		e.log.Errf("[%d] spool: %v", e.c.id, sp.err)
+		if cfg.IgnoreErrors {
+			e.log.Warningf("[%d] message %d not scanned: passed as ignore_errors says", e.c.id, e.c.trns.Load())
+			return e.release()
+		}
 		e.setBy("spool")
+		e.closeMTA()
 		e.local(".", 451, "4.3.0", cfg.MsgSpoolProblem)
 		return errTakeover
 	}
@@ -150,7 +163,13 @@ func (e *engine) message() error {
 	e.log.Infof("[%d] message %d: %d bytes, verdict %s%s (%v)", e.c.id, e.c.trns.Load(), size, v.Kind, verdictDetail(v), time.Since(start).Round(time.Millisecond))
 	switch v.Kind {
 	case ipc.VerdictClean:
-		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
+		leave := cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways)
+		if v.Err != "" {
+			// The antispam scanner failed: it only advises.
+			e.log.Warningf("[%d] message %d: %s: passed, the antispam scan only advises", e.c.id, e.c.trns.Load(), v.Err)
+			leave = leave || cfg.SpoolLeaveOn.Has(config.SpoolLeaveError)
+		}
+		sp.keep(leave)
 		return e.release()
 	case ipc.VerdictVirus:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveVirus) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
@@ -165,14 +184,27 @@ func (e *engine) message() error {
 		return errTakeover
 	case ipc.VerdictSpam:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveSpam) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
-		e.setBy("spam")
-		e.closeMTA()
+		e.c.spam++
+		if cfg.LockOn.Has(config.LockSpam) {
+			e.setBy("spam")
+			e.closeMTA()
+			e.foundMessage(config.LockSpam, v, sp, size)
+			e.local(".", 550, "5.7.1", fmt.Sprintf("%s (score %.1f)", cfg.MsgSpamFound, v.Score))
+			return errTakeover
+		}
+		// As 1.4: spam is refused only when lock_on says so; otherwise
+		// it is logged, counted, and goes on to the MTA. action_script
+		// runs all the same (the manual: "when virus or spam is found").
 		e.foundMessage(config.LockSpam, v, sp, size)
-		e.local(".", 550, "5.7.1", fmt.Sprintf("%s (score %.1f)", cfg.MsgSpamFound, v.Score))
-		return errTakeover
+		e.log.Noticef("[%d] message %d is spam (score %.1f): passed, lock_on lacks spam", e.c.id, e.c.trns.Load(), v.Score)
+		if v.Err == "" {
+			return e.release()
+		}
+		// The spam scan ran, so the error is the virus scanner's.
+	default:
+		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
 	}
-	// The scanner failed.
-	sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveError) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
+	// The virus scanner failed.
 	if cfg.IgnoreErrors {
 		e.log.Warningf("[%d] scanner failed (%s): passing the message as ignore_errors says", e.c.id, v.Err)
 		return e.release()
@@ -205,23 +237,72 @@ func (e *engine) release() error {
 	return err
 }
 
+// scanners reports which scanners read a message of size bytes (size < 0:
+// not known yet, which any of them may read): a scanner that is
+// configured, not spared the client by auth_skip, and whose size limit
+// (scan_max_size, spam_max_size; 0 turns it off) the message is within.
+func (e *engine) scanners(size int64) (av, as bool) {
+	cfg := e.cfg
+	e.mu.Lock()
+	authed := e.authed
+	e.mu.Unlock()
+	within := func(limit uint64) bool { return limit > 0 && (size < 0 || uint64(size) <= limit) }
+	av = cfg.AntivirusType != config.AntivirusOff && within(cfg.ScanMaxSize) &&
+		!(authed && cfg.AuthSkip.Has(config.AuthSkipAntivir))
+	as = cfg.AntispamType != config.AntispamOff && within(cfg.SpamMaxSize) &&
+		!(authed && cfg.AuthSkip.Has(config.AuthSkipAntispam))
+	return av, as
+}
+
+// spoolLimit is spool_max_size for the message about to come: the most
+// any scanner that will read it reads, 0 when none will (nothing is
+// spooled then).
+func (e *engine) spoolLimit() int64 {
+	var limit uint64
+	av, as := e.scanners(-1)
+	if av {
+		limit = e.cfg.ScanMaxSize
+	}
+	if as {
+		limit = max(limit, e.cfg.SpamMaxSize)
+	}
+	return int64(min(limit, 1<<62))
+}
+
 // scan asks the scanner process for a verdict on the spooled message;
 // st is the message's stream to clamd, if it was streamed (scanstream.go).
+// Only the virus scan can fail the message: when it is not run, a
+// failure to scan for spam is the clean verdict with Err set (advisory).
 func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
+	av, as := e.scanners(size)
+	if !av && !as {
+		e.log.Infof("[%d] message %d: %d bytes, not scanned: no scanner reads it (types, sizes, auth_skip)", e.c.id, e.c.trns.Load(), size)
+		return &ipc.Verdict{Kind: ipc.VerdictClean}
+	}
+	v := e.askScanner(sp, size, st)
+	if !av && v.Err != "" {
+		// Whatever failed, it was not a virus scan.
+		switch v.Kind {
+		case ipc.VerdictError:
+			v.Kind = ipc.VerdictClean
+		case ipc.VerdictSpam:
+			e.log.Warningf("[%d] message %d: %s", e.c.id, e.c.trns.Load(), v.Err)
+			v.Err = ""
+		}
+	}
+	return v
+}
+
+// askScanner sends the spool file to the scanner process and waits for
+// its verdict; what goes wrong on the way is a verdict of error.
+func (e *engine) askScanner(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 	cfg := e.cfg
-	skipAV := e.authed && cfg.AuthSkip.Has(config.AuthSkipAntivir)
-	skipAS := e.authed && cfg.AuthSkip.Has(config.AuthSkipAntispam)
 	var skip []string
-	if skipAV {
+	if e.authed && cfg.AuthSkip.Has(config.AuthSkipAntivir) {
 		skip = append(skip, "antivir")
 	}
-	if skipAS {
+	if e.authed && cfg.AuthSkip.Has(config.AuthSkipAntispam) {
 		skip = append(skip, "antispam")
-	}
-	av := cfg.AntivirusType != config.AntivirusOff && !skipAV
-	as := cfg.AntispamType != config.AntispamOff && !skipAS
-	if !av && !as {
-		return &ipc.Verdict{Kind: ipc.VerdictClean}
 	}
 	fail := func(err error) *ipc.Verdict { return &ipc.Verdict{Kind: ipc.VerdictError, Err: err.Error()} }
 	link := e.p.scanLink()

@@ -43,22 +43,58 @@ type fakePeers struct {
 	mu       sync.Mutex
 	verdicts []byte // one per scan, consumed in turn: 0 clean, 1 virus, 2 spam, 3 error
 	clean    int    // clean verdicts since the last message started at the MTA
+	// For table tests: full verdicts (used before verdicts), the kinds
+	// of verdict that let the dot go (besides clean; "": any dot goes,
+	// for messages that are not scanned), the SPF result,
+	// and what was asked.
+	full     []*ipc.Verdict
+	passes   map[ipc.VerdictKind]bool
+	spf      string
+	scans    int
+	spfAsked int
+	// noScanner: there is no scanner process.
+	noScanner bool
+	found     []string // the events reported
 }
 
 func (f *fakePeers) dnsblListed(*conn) string { return "" }
 func (f *fakePeers) spfCheck(*conn, *ipc.SpfQuery) (*ipc.SpfAnswer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.spfAsked++
+	if f.spf != "" {
+		return &ipc.SpfAnswer{Result: f.spf}, nil
+	}
 	return &ipc.SpfAnswer{Result: "pass"}, nil
 }
 func (f *fakePeers) askLockd(context.Context, *ipc.Policy) (*ipc.PolicyAnswer, error) {
 	return &ipc.PolicyAnswer{}, nil
 }
-func (f *fakePeers) report(*conn, *ipc.Found)            {}
-func (f *fakePeers) scanLink() scanLink                  { return f }
+func (f *fakePeers) report(_ *conn, e *ipc.Found) {
+	f.mu.Lock()
+	f.found = append(f.found, e.Event)
+	f.mu.Unlock()
+}
+func (f *fakePeers) scanLink() scanLink {
+	if f.noScanner {
+		return nil
+	}
+	return f
+}
 func (f *fakePeers) scanStart(*ipc.ScanStart, int) error { return nil }
 func (f *fakePeers) scanAbort(*ipc.ScanAbort)            {}
 func (f *fakePeers) scan(_ context.Context, _ ipc.Type, _ *ipc.Scan, _ int) (*ipc.Verdict, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.scans++
+	if len(f.full) > 0 {
+		v := f.full[0]
+		f.full = f.full[1:]
+		if v.Kind == ipc.VerdictClean || f.passes[v.Kind] {
+			f.clean++
+		}
+		return v, nil
+	}
 	kind := ipc.VerdictClean
 	if len(f.verdicts) > 0 {
 		kind = [...]ipc.VerdictKind{ipc.VerdictClean, ipc.VerdictVirus, ipc.VerdictSpam, ipc.VerdictError}[f.verdicts[0]%4]
@@ -88,6 +124,9 @@ func (f *fakePeers) newMessage() {
 func (f *fakePeers) takeClean() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.passes[""] {
+		return true // the table test knows the message is not scanned
+	}
 	if f.clean == 0 {
 		return false
 	}
@@ -126,6 +165,7 @@ type mtaModel struct {
 	script []byte // one byte chooses each reply; 0 when used up
 	header string // the NAT header's name; "" when not checked
 	peers  *fakePeers
+	authOK bool // AUTH gets 235
 
 	mu         sync.Mutex
 	violations []string
@@ -201,6 +241,8 @@ func (m *mtaModel) run() {
 		case verb == "QUIT":
 			say("221 2.0.0 Bye\r\n")
 			return
+		case verb == "AUTH" && m.authOK:
+			r = "235 2.7.0 Authentication successful\r\n"
 		case verb == "STARTTLS" && sel%2 == 0:
 			// What follows would be TLS: the proxy passes it untouched.
 			opaque = true
@@ -259,6 +301,15 @@ type fuzzCase struct {
 	flags    uint8  // configuration (fuzzConfig)
 	noHeader bool   // no NAT header: the MTA cannot check the first invariant
 	keepOpen bool   // the client does not close its side after its bytes (needs QUIT)
+
+	// For table tests: changes to the configuration, to the peers, the
+	// spool directory (the shared one if empty), and an MTA that
+	// accepts AUTH (235).
+	config   func(*config.Config)
+	peers    func(*fakePeers)
+	spoolDir string
+	authOK   bool
+	done     func(*engine) // called after the session
 }
 
 // fuzzSpool is the spool directory of the fuzzed sessions.
@@ -288,6 +339,8 @@ func fuzzConfig(flags uint8, noHeader bool) *config.Config {
 		cfg.NatHeaderType = config.NatHeaderNone
 	}
 	cfg.AntivirusType = config.AntivirusClamd
+	// Spam is refused, so that only a clean verdict lets a dot go.
+	cfg.LockOn = config.LockVirus | config.LockSpam
 	cfg.ScanStream = config.ScanStreamNo
 	if flags&2 != 0 {
 		cfg.ScanStream = config.ScanStreamYes
@@ -315,7 +368,13 @@ func engineProxy(t testing.TB, fc *fuzzCase, p *fakePeers, cli, srv *net.TCPConn
 		fuzzSpool.s = prepareSpool(dir, 0o600, -1, -1)
 	})
 	cfg := fuzzConfig(fc.flags, fc.noHeader)
+	if fc.config != nil {
+		fc.config(cfg)
+	}
 	w := &worker{log: fuzzLog, spool: fuzzSpool.s}
+	if fc.spoolDir != "" {
+		w.spool = prepareSpool(fc.spoolDir, 0o600, -1, -1)
+	}
 	w.cfg.Store(cfg)
 	c := &conn{id: 1, cfg: cfg, client: cli, start: time.Now(), by: "error",
 		src: cli.RemoteAddr().(*net.TCPAddr).AddrPort(),
@@ -326,6 +385,9 @@ func engineProxy(t testing.TB, fc *fuzzCase, p *fakePeers, cli, srv *net.TCPConn
 	e := newEngine(w, c, srv)
 	e.p = p
 	e.run()
+	if fc.done != nil {
+		fc.done(e)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	fwd := int(cfg.PipelineSize)
@@ -356,7 +418,10 @@ func runCase(t testing.TB, fc *fuzzCase, proxy proxyFunc) (violations []string, 
 		t.Fatal(err)
 	}
 	peers := &fakePeers{verdicts: fc.verdicts}
-	m := &mtaModel{conn: mtaSide, script: fc.mta, peers: peers, header: natName}
+	if fc.peers != nil {
+		fc.peers(peers)
+	}
+	m := &mtaModel{conn: mtaSide, script: fc.mta, peers: peers, header: natName, authOK: fc.authOK}
 	if fc.noHeader {
 		m.header = ""
 	}

@@ -64,10 +64,11 @@ func (e *engine) startScan(sp *spoolFile) *scanStream {
 // streamed reports whether the message goes to clamd while it arrives:
 // scan_stream yes, or auto with clamd over TCP (over a unix socket the
 // spool file goes as a descriptor at the dot, which is as fast and copies
-// nothing); never when auth_skip antivir spares the client the scan.
+// nothing); never when clamd will not read the message (auth_skip antivir,
+// scan_max_size 0).
 func (e *engine) streamed() bool {
 	cfg := e.cfg
-	if cfg.AntivirusType != config.AntivirusClamd || e.authed && cfg.AuthSkip.Has(config.AuthSkipAntivir) {
+	if av, _ := e.scanners(-1); !av || cfg.AntivirusType != config.AntivirusClamd {
 		return false
 	}
 	switch cfg.ScanStream {

@@ -29,6 +29,7 @@ type conn struct {
 	by     ipc.CloseCause
 	direct bool
 	rcpts  int
+	spam   int    // messages the scanner found spam, refused or passed
 	pol    policy // locks, rate limits, max_per_ident (policy.go)
 
 	live // state, counters, target: read by the status query (status.go)
@@ -125,7 +126,7 @@ func (w *worker) finish(c *conn) {
 		tag, c.by, c.cliRx.Load(), c.srvRx.Load(), c.trns.Load(), c.rcpts, c.authFlag.Load(), secs, c.src, c.ident, c.id)
 	trns := int(c.trns.Load())
 	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
-		Direct: c.direct, Empty: trns == 0, Transacts: trns}
+		Direct: c.direct, Empty: trns == 0, Transacts: trns, Spam: c.spam}
 	if err := w.master.Send(ipc.MsgSessionEnd, end); err != nil {
 		w.log.Errf("[%d] telling master the session ended: %v", c.id, err)
 	}

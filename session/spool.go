@@ -37,7 +37,10 @@ func prepareSpool(path string, perm uint32, uid, gid int) *spool {
 		return &spool{err: errors.New("spool_path is not set")}
 	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(path, 0o750); err == nil && os.Geteuid() == 0 && uid >= 0 {
+		// Missing parents are made as system directories (0755): other
+		// processes of set_user pass through them (lock_path beside it).
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.Mkdir(path, 0o750); err == nil && os.Geteuid() == 0 && uid >= 0 {
 			os.Chown(path, uid, gid)
 		}
 	}
@@ -60,12 +63,19 @@ func (s *spool) chrooted() {
 
 // spoolFile is one message's spool file. Errors are kept, not returned,
 // so the message keeps flowing to the MTA; the session looks at err
-// before the final dot.
+// before the final dot. A nil *spoolFile is a message that is not
+// spooled (no scanner reads it); its methods do nothing.
 type spoolFile struct {
 	s    *spool
 	name string
 	f    *os.File
 	err  error
+	// max is the most message bytes the file holds (spool_max_size): a
+	// longer message is not scanned, and its file goes as soon as it is
+	// too long. n counts the message bytes written.
+	max, n int64
+	// dropped: the message outgrew max; the file is gone.
+	dropped bool
 }
 
 // path is where the worker opens the file.
@@ -108,17 +118,37 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 	}
 	// trns: the transactions before this one, as in 1.4, which made the
 	// file before the MTA's 354 counted the message.
-	sp.write(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, max(c.trns.Load()-1, 0)))
-	return sp, nil
+	sp.writeRaw(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, max(c.trns.Load()-1, 0)))
+	return sp, sp.err
 }
 
-// write appends to the spool file; the first error sticks.
+// write appends message bytes to the spool file. A message that grows
+// past max loses its file at once. A file that cannot be written (a full
+// disk, EFBIG) is removed at once too, whatever spool_leave_on says: a
+// partial file is of no use to anyone, and one left on a full disk would
+// fail every later message. The first error sticks.
 func (sp *spoolFile) write(b []byte) {
 	if sp == nil || sp.f == nil || sp.err != nil || len(b) == 0 {
 		return
 	}
+	sp.n += int64(len(b))
+	if sp.max > 0 && sp.n > sp.max {
+		sp.dropped = true
+		sp.remove()
+		return
+	}
+	sp.writeRaw(b)
+}
+
+// writeRaw writes b; on an error the file is removed and err set.
+func (sp *spoolFile) writeRaw(b []byte) {
 	if _, err := sp.f.Write(b); err != nil {
-		sp.err = err
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // named below as the host names it
+		}
+		sp.err = fmt.Errorf("write %s: %w", sp.hostPath(), err)
+		sp.remove()
 	}
 }
 

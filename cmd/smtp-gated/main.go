@@ -220,6 +220,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "smtp-gated: %v\n", err)
 		return exitConfig
 	}
+	// -K, -r and -s find the pidfile and the statefile as 1.4 did: under
+	// chroot_path, when that is set. (-C shows the values as written.)
+	host := cfg.OnHost()
 	switch c.mode {
 	case "C":
 		v, err := cfg.Get(c.arg)
@@ -230,14 +233,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%-30s %s\n", c.arg, v)
 		return exitOK
 	case "S":
-		fmt.Fprintln(stdout, cfg.Statefile)
+		fmt.Fprintln(stdout, host.Statefile)
 		return exitOK
 	case "K":
-		return signalDaemon(cfg, syscall.SIGTERM, stdout, stderr)
+		return signalDaemon(host, syscall.SIGTERM, stdout, stderr)
 	case "r":
-		return signalDaemon(cfg, syscall.SIGHUP, stdout, stderr)
+		return signalDaemon(host, syscall.SIGHUP, stdout, stderr)
 	case "s":
-		return printStatus(cfg, stdout, stderr)
+		return printStatus(host, stdout, stderr)
 	}
 	return start(path, cfg, c.debug != 0, stderr)
 }

@@ -412,17 +412,52 @@ func (c *Config) ProxyHostName() string {
 	return strings.ReplaceAll(c.ProxyName, "*", h)
 }
 
-// ControlSocketPath returns the control socket's path and whether it was
-// set: control_socket when set, otherwise control.sock in the pidfile's
-// directory ("" when pidfile is not set either).
+// HostPath is p, the value of a path option, as the host names it. As in
+// 1.4, when chroot_path is set every path option (pidfile, statefile,
+// spool_path, lock_path, ratelimit_path, action_script, the scanners'
+// sockets) names a path inside it: HostPath puts chroot_path in front.
+// An empty p stays empty.
+func (c *Config) HostPath(p string) string {
+	if p == "" || c.ChrootPath == "" {
+		return p
+	}
+	return filepath.Join(c.ChrootPath, p)
+}
+
+// OnHost is c as a process that does not change its root to chroot_path
+// sees it: every path option as HostPath gives it (the scanners' sockets
+// when they are paths), and chroot_path empty, so that HostPath of the
+// result changes nothing. It is c itself when chroot_path is not set.
+func (c *Config) OnHost() *Config {
+	if c.ChrootPath == "" {
+		return c
+	}
+	h := *c
+	h.ChrootPath = ""
+	for _, p := range []*string{&h.Pidfile, &h.ControlSocket, &h.Statefile, &h.LockPath, &h.ActionScript,
+		&h.SpoolPath, &h.RatelimitPath, &h.DspamStorage} {
+		*p = c.HostPath(*p)
+	}
+	for _, p := range []*string{&h.AntivirusPath, &h.AntispamPath} {
+		if strings.HasPrefix(*p, "/") {
+			*p = c.HostPath(*p)
+		}
+	}
+	return &h
+}
+
+// ControlSocketPath returns the control socket's path on the host and
+// whether it was set: control_socket when set, otherwise control.sock in
+// the pidfile's directory ("" when pidfile is not set either); under
+// chroot_path, as every path option, inside it.
 func (c *Config) ControlSocketPath() (path string, set bool) {
 	if c.ControlSocket != "" {
-		return c.ControlSocket, true
+		return c.HostPath(c.ControlSocket), true
 	}
 	if c.Pidfile == "" {
 		return "", false
 	}
-	return filepath.Join(filepath.Dir(c.Pidfile), "control.sock"), false
+	return c.HostPath(filepath.Join(filepath.Dir(c.Pidfile), "control.sock")), false
 }
 
 // DnsblZones returns the zones of the dnsbl option, in order, without

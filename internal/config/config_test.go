@@ -848,3 +848,62 @@ func TestParsedTypes(t *testing.T) {
 		t.Errorf("empty regex compiled to %v, want nil", c.RegexRejectHeloRE)
 	}
 }
+
+// Under chroot_path every path option names a path inside it, as in 1.4:
+// HostPath and OnHost put chroot_path in front of each, and of nothing
+// else.
+func TestChrootPaths(t *testing.T) {
+	cfg, err := Parse(strings.NewReader("mode fixed\nfixed_server 127.0.0.1\nchroot_path /jail\n"+
+		"pidfile /run/sg.pid\nstatefile /run/sg.state\nspool_path /spool\nlock_path /lock\n"+
+		"ratelimit_path /rate\naction_script /bin/act\nantivirus_path /run/clamd.ctl\nantispam_path 127.0.0.1:783\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.HostPath(cfg.Pidfile); got != "/jail/run/sg.pid" {
+		t.Errorf("HostPath(pidfile) = %q", got)
+	}
+	if got := cfg.HostPath(""); got != "" {
+		t.Errorf("HostPath(\"\") = %q", got)
+	}
+	if got, set := cfg.ControlSocketPath(); got != "/jail/run/control.sock" || set {
+		t.Errorf("ControlSocketPath() = %q, %v", got, set)
+	}
+	h := cfg.OnHost()
+	for name, got := range map[string]string{
+		"pidfile": h.Pidfile, "statefile": h.Statefile, "spool_path": h.SpoolPath, "lock_path": h.LockPath,
+		"ratelimit_path": h.RatelimitPath, "action_script": h.ActionScript, "antivirus_path": h.AntivirusPath,
+		"antispam_path": h.AntispamPath, "chroot_path": h.ChrootPath, "dspam_storage": h.DspamStorage,
+	} {
+		want := map[string]string{"pidfile": "/jail/run/sg.pid", "statefile": "/jail/run/sg.state", "spool_path": "/jail/spool",
+			"lock_path": "/jail/lock", "ratelimit_path": "/jail/rate", "action_script": "/jail/bin/act",
+			"antivirus_path": "/jail/run/clamd.ctl", "antispam_path": "127.0.0.1:783", "chroot_path": "",
+			"dspam_storage": "/jail/var/spool/smtp-gated/dspam"}[name]
+		if got != want {
+			t.Errorf("OnHost: %s %q, want %q", name, got, want)
+		}
+	}
+	if got, _ := h.ControlSocketPath(); got != "/jail/run/control.sock" {
+		t.Errorf("OnHost: ControlSocketPath() = %q", got)
+	}
+	if cfg.Pidfile != "/run/sg.pid" || cfg.ChrootPath != "/jail" {
+		t.Error("OnHost changed its receiver")
+	}
+	// Every string option whose default is a path is one of them.
+	d := Default()
+	d.ChrootPath = "/jail"
+	dh := d.OnHost()
+	dv, hv := reflect.ValueOf(d).Elem(), reflect.ValueOf(dh).Elem()
+	for i := range dv.NumField() {
+		f := dv.Type().Field(i)
+		if f.Type.Kind() != reflect.String || !strings.HasPrefix(dv.Field(i).String(), "/") || f.Name == "ChrootPath" {
+			continue
+		}
+		if hv.Field(i).String() != "/jail"+dv.Field(i).String() {
+			t.Errorf("%s (default %q) is a path that OnHost leaves alone", f.Name, dv.Field(i).String())
+		}
+	}
+	// Without chroot_path nothing changes.
+	if d := Default(); d.OnHost() != d || d.HostPath("/x") != "/x" {
+		t.Error("without chroot_path, paths changed")
+	}
+}

@@ -271,6 +271,25 @@ func TestSPF(t *testing.T) {
 		d.Stop(t)
 	})
 
+	// As 1.4: a client that authenticated is not checked. (One that did
+	// not is refused: the cases above.)
+	t.Run("authenticated", func(t *testing.T) {
+		pf := harness.Postfix(t)
+		d, port := daemon(t, "127.0.0.1", netip.MustParseAddrPort(pf.Addr), srv, "spf incoming\n")
+		c := dialFrom(t, "127.0.0.3", port, "127.0.0.1")
+		c.Expect(220)
+		c.Ehlo("client.spf.test")
+		c.AuthPlain(pf.User, pf.Pass, 235)
+		c.Cmd("MAIL FROM:<alice@fail.spf.test>", 250)
+		c.Cmd("RSET", 250)
+		c.Quit()
+		d.WaitLog(t, regexp.MustCompile(`SPF not checked: the client authenticated`), 10*time.Second)
+		if l := d.LogLines(); strings.Contains(strings.Join(l, "\n"), "SPF fail") {
+			t.Errorf("SPF was checked for an authenticated client:\n%s", strings.Join(l, "\n"))
+		}
+		d.Stop(t)
+	})
+
 	t.Run("trace in the debug log", func(t *testing.T) {
 		d, port := daemon(t, "127.0.0.1", mta, srv, "spf incoming\n")
 		c := dialFrom(t, "127.0.0.3", port, "127.0.0.1")

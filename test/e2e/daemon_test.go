@@ -25,7 +25,7 @@ func systemUser(t *testing.T) (uid, gid int) {
 }
 
 // Only master keeps root; every thread of every child runs as set_user,
-// and the session workers and lookup see only their chroot.
+// and the session workers, lookup and lockd see only their chroot.
 func TestPrivileges(t *testing.T) {
 	uid, gid := systemUser(t)
 	s := newSetup(t)
@@ -61,7 +61,7 @@ func TestPrivileges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if role == "lookup" && root != jail {
+			if (role == "lookup" || role == "lockd") && root != jail {
 				t.Errorf("%s pid %d has root %q, want the chroot %q", role, pid, root, jail)
 			}
 			if spool := filepath.Join(jail, s.dir, "spool"); role == "session" && root != spool {

@@ -58,12 +58,13 @@ func TestVirusHeldBack(t *testing.T) {
 	}
 }
 
-// GTUBE is refused when its score reaches spam_threshold, and passes when
-// the threshold is above it.
+// GTUBE is refused when its score reaches spam_threshold (and lock_on
+// includes spam), and passes when the threshold is above it.
 func TestSpamThreshold(t *testing.T) {
 	spamd := harness.Spamd(t)
 	s := newSetup(t)
-	d := s.start(t, "antispam_type spamassassin", "antispam_path "+spamd.Addr, "spam_max_size 1000000", "spam_max_load 0")
+	d := s.start(t, "antispam_type spamassassin", "antispam_path "+spamd.Addr, "spam_max_size 1000000", "spam_max_load 0",
+		"lock_on virus,spam")
 	c := greeted(t, s.addr())
 	token := harness.Token(t)
 	c.Cmd("MAIL FROM:<a@example.com>", 250)
@@ -78,7 +79,8 @@ func TestSpamThreshold(t *testing.T) {
 	s.pf.NotDelivered(t, token, 2*time.Second)
 
 	s2 := newSetup(t)
-	s2.start(t, "antispam_type spamassassin", "antispam_path "+spamd.Addr, "spam_max_size 1000000", "spam_max_load 0", "spam_threshold 5000")
+	s2.start(t, "antispam_type spamassassin", "antispam_path "+spamd.Addr, "spam_max_size 1000000", "spam_max_load 0", "spam_threshold 5000",
+		"lock_on virus,spam")
 	c = greeted(t, s2.addr())
 	token = harness.Token(t)
 	c.SendMail("a@example.com", []string{"b@example.org"}, harness.SpamMessage("a@example.com", "b@example.org", token))

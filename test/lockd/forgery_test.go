@@ -305,6 +305,7 @@ func TestWorkerForgeries(t *testing.T) {
 // (asked by `smtpgatectl sessions`) and answers it with rows.
 func answerSessions(t *testing.T, s *setup, w *stolen, rows []ipc.SessionRow) string {
 	t.Helper()
+	harness.CtlBinary(t) // built before the clock starts
 	out := make(chan string, 1)
 	go func() {
 		_, text := s.ctl(t, nil, "sessions")
@@ -315,6 +316,9 @@ func answerSessions(t *testing.T, s *setup, w *stolen, rows []ipc.SessionRow) st
 		m, err := w.master.Recv()
 		if err != nil {
 			t.Fatalf("waiting for master's status query: %v", err)
+		}
+		if m.Type == ipc.MsgPing { // the stolen worker stays alive
+			w.master.Send(ipc.MsgPong, m.ID, true, &ipc.Pong{})
 		}
 		if m.Type == ipc.MsgSessions {
 			if err := w.master.Send(ipc.MsgSessionList, m.ID, true, &ipc.SessionList{Rows: rows}); err != nil {

@@ -25,7 +25,7 @@ func TestMaxHostLocks(t *testing.T) {
 	if code != 554 || !strings.Contains(text, "one at a time") {
 		t.Fatalf("second connection: %d %q, want 554 with msg_max_per_host", code, text)
 	}
-	if _, _, content := fileOwner(t, filepath.Join(s.lockDir(), "127.0.0.1")); content != "maxhost\n" {
+	if _, _, content := fileOwner(t, filepath.Join(s.lockDir(), "127.0.0.1")); content != "MAX_HOST\n" {
 		t.Errorf("lock file content %q", content)
 	}
 	first.Quit()
@@ -44,6 +44,10 @@ func TestMaxHostLocks(t *testing.T) {
 	if env["FOUND"] != "MAX_HOST" || env["SOURCE_IP"] != "127.0.0.1" || env["LOCAL_PORT"] != strconv.Itoa(s.port) ||
 		env["LOCK_FILE"] != filepath.Join(s.lockDir(), "127.0.0.1") {
 		t.Errorf("script environment %v", env)
+	}
+	// As in 1.4, MAX_HOST has no target: the fourth argument is empty.
+	if env["ARGC"] != "4" || env["ARG1"] != "MAX_HOST" || env["ARG2"] != "127.0.0.1" || env["ARG3"] != "-" || env["ARG4"] != "" {
+		t.Errorf("arguments %s: %q %q %q %q", env["ARGC"], env["ARG1"], env["ARG2"], env["ARG3"], env["ARG4"])
 	}
 }
 

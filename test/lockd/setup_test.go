@@ -56,18 +56,22 @@ func newSetup(t *testing.T) *setup {
 	out := filepath.Join(dir, "out")
 	os.Mkdir(out, 0o755)
 	os.Chown(out, uid, gid)
-	// The action script writes its environment to a new file per run.
+	// The action script writes its environment to a new file per run,
+	// and after it ARGC, ARG1 to ARG4 and CWD: its arguments and its
+	// working directory.
 	s.script = filepath.Join(dir, "action.sh")
-	body := fmt.Sprintf("#!/bin/sh\nenv > %[1]s/env.$$.tmp && mv %[1]s/env.$$.tmp %[1]s/env.$$\n", out)
+	body := fmt.Sprintf("#!/bin/sh\n{ env; printf 'ARGC=%%s\\nARG1=%%s\\nARG2=%%s\\nARG3=%%s\\nARG4=%%s\\nCWD=%%s\\n' "+
+		`"$#" "$1" "$2" "$3" "$4" "$(pwd)"; } > %[1]s/env.$$.tmp && mv %[1]s/env.$$.tmp %[1]s/env.$$`+"\n", out)
 	if err := os.WriteFile(s.script, []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-func (s *setup) lockDir() string { return filepath.Join(s.dir, "lock") }
-func (s *setup) rateDir() string { return filepath.Join(s.dir, "rate") }
-func (s *setup) addr() string    { return fmt.Sprintf("127.0.0.1:%d", s.port) }
+func (s *setup) lockDir() string  { return filepath.Join(s.dir, "lock") }
+func (s *setup) rateDir() string  { return filepath.Join(s.dir, "rate") }
+func (s *setup) spoolDir() string { return filepath.Join(s.dir, "spool") }
+func (s *setup) addr() string     { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 
 // config is a fixed-mode configuration relaying to Postfix as set_user,
 // with extra lines appended (a later line wins).
