@@ -78,6 +78,7 @@ func dnsblText(cfg *config.Config, zone, answer string) string {
 // caller.
 func (w *worker) refuseLookup(c *conn, why string) {
 	e := newEngine(w, c, nil)
+	e.clock.stop() // no relayed session: timeout_session only
 	e.reason = c.cfg.MsgLookupFailed
 	if why != c.cfg.MsgLookupFailed {
 		e.reason += ": " + why

@@ -1,6 +1,8 @@
 package session
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -35,7 +37,16 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			return err
 		}
 		e.cli.SetReadDeadline(time.Now().Add(idle))
+		if e.isTakenOver() { // after the deadline: see rejectTakeover
+			return errTakeover
+		}
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
+		if e.isTakenOver() {
+			// The deadline does not stop a read that was under way:
+			// what came is the takeover session's.
+			e.giveBack(line, tooLong)
+			return errTakeover
+		}
 		if err != nil {
 			e.clientEnded(err)
 			return err
@@ -57,6 +68,18 @@ func (e *engine) clientLoop(idle time.Duration) error {
 			return err
 		}
 	}
+}
+
+// giveBack puts a line read from the client back in front of what it
+// sends next. A line cut at the longest length gets its end back.
+func (e *engine) giveBack(line []byte, tooLong bool) {
+	if len(line) == 0 {
+		return
+	}
+	if tooLong {
+		line = append(line, "\r\n"...)
+	}
+	e.cr = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(line), e.cr), e.cr.Size())
 }
 
 // clientEnded records why reading the client stopped.
@@ -89,7 +112,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		e.helo = cmd.Arg
 	case "MAIL":
-		addr, _, _ := smtp.Path(cmd.Arg, "FROM:")
+		addr := e.address(cmd.Arg, "FROM:")
 		if e.authRequired() {
 			e.local(cmd.Verb, 530, "5.7.0", cfg.MsgAuthRequired)
 			return nil
@@ -102,12 +125,9 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		if err := e.mailChecks(addr); err != nil {
 			return err
 		}
-		if e.rateRefused("MAIL") {
-			return nil
-		}
 		e.from = addr
 	case "RCPT":
-		addr, _, _ := smtp.Path(cmd.Arg, "TO:")
+		addr := e.address(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
 			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
 			e.foundRegex(cmd.Verb, addr)
@@ -138,6 +158,9 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 		}
 		return e.auth(line)
 	case "DATA":
+		if e.rateRefused("DATA") {
+			return nil
+		}
 		return e.data(line)
 	}
 	if !pipelined[cmd.Verb] {
@@ -265,19 +288,28 @@ func (e *engine) exchange(verb, arg string, line []byte) (*pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case <-done:
-		return p, nil
-	case <-e.srvDone:
+	// timeout_idle: silence on both sides (idle.go).
+	timer := time.NewTimer(e.clock.left())
+	defer timer.Stop()
+	for {
 		select {
-		case <-done: // the reply that made the MTA side stop (STARTTLS)
+		case <-done:
 			return p, nil
-		default:
+		case <-e.srvDone:
+			select {
+			case <-done: // the reply that made the MTA side stop (STARTTLS)
+				return p, nil
+			default:
+			}
+			return nil, io.EOF
+		case <-timer.C:
+			if left := e.clock.left(); left > 0 {
+				timer.Reset(left)
+				continue
+			}
+			e.setBy("idle")
+			return nil, os.ErrDeadlineExceeded
 		}
-		return nil, io.EOF
-	case <-time.After(time.Duration(e.cfg.TimeoutIdle) * time.Second):
-		e.setBy("idle")
-		return nil, os.ErrDeadlineExceeded
 	}
 }
 

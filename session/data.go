@@ -156,6 +156,9 @@ func (e *engine) message() error {
 		e.local(".", 451, "4.3.0", cfg.MsgSpoolProblem)
 		return errTakeover
 	}
+	// The scan is bounded by timeout_scanner and timeout_spam, not by
+	// timeout_idle: the session is not silent while it runs.
+	defer e.clock.hold()()
 	start := time.Now()
 	e.c.setState(stScan)
 	v := e.scan(sp, size, st)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +58,10 @@ type engine struct {
 	log  *logx.Logger
 	name string
 
+	clock *idleClock // timeout_idle (idle.go)
+	// cliIdle, srvIdle read the client and the MTA under the clock.
+	cliIdle, srvIdle idleReader
+
 	cli *net.TCPConn
 	in  *pushback // under cr; read directly during DATA
 	cr  *bufio.Reader
@@ -94,6 +99,9 @@ type engine struct {
 	dnsblDone   bool
 	dnsblZone   string
 	dnsblAnswer string
+	// takenOver: the MTA's replies ended the relayed session (a
+	// rejection over its rate limit, policy.go).
+	takenOver bool
 }
 
 // errTakeover ends the relayed part of a session: the proxy talks to the
@@ -106,11 +114,14 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 	if bufSize < 512 {
 		bufSize = 512
 	}
-	in := &pushback{r: counter{c.client, &c.cliRx}}
+	clock := newIdleClock(time.Duration(cfg.TimeoutIdle) * time.Second)
+	cliIdle, srvIdle := newIdleReader(c.client, clock), newIdleReader(server, clock)
+	in := &pushback{r: counter{cliIdle, &c.cliRx}}
 	e := &engine{
-		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(),
+		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(), clock: clock,
 		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
-		srv: server, sr: bufio.NewReaderSize(counter{server, &c.srvRx}, 4096),
+		cliIdle: cliIdle, srvIdle: srvIdle,
+		srv: server, sr: bufio.NewReaderSize(counter{srvIdle, &c.srvRx}, 4096),
 		cw:      bufio.NewWriterSize(c.client, 4096),
 		sw:      bufio.NewWriterSize(server, 4096),
 		srvDone: make(chan struct{}),
@@ -174,6 +185,10 @@ func (e *engine) run() {
 	}
 	go e.serverLoop(idle)
 	err := e.clientLoop(idle)
+	e.clock.stop()
+	if e.isTakenOver() {
+		err = errTakeover
+	}
 	switch {
 	case errors.Is(err, errTakeover):
 		e.closeMTA()
@@ -189,6 +204,14 @@ func (e *engine) run() {
 	e.cli.Close()
 	<-e.srvDone
 	e.rep.Summary(e.log, fmt.Sprintf("[%d] ", e.c.id))
+}
+
+// isTakenOver reports whether the MTA's replies ended the relayed
+// session.
+func (e *engine) isTakenOver() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.takenOver
 }
 
 // closeMTA drops the MTA connection on purpose (the MTA discards a
@@ -261,13 +284,13 @@ func (e *engine) earlyTalker() bool {
 	go func() { line <- e.clientLine() }()
 	select {
 	case <-spoke:
-		e.cli.SetReadDeadline(time.Now()) // stop watching the client
+		e.cliIdle.interrupt() // stop watching the client
 		<-line
-		e.cli.SetReadDeadline(time.Time{})
+		e.cliIdle.resume()
 		return false
 	case talked := <-line:
 		if talked {
-			e.srv.SetReadDeadline(time.Now())
+			e.srvIdle.interrupt()
 			<-spoke
 			return true
 		}
@@ -446,10 +469,16 @@ func (e *engine) serverLoop(idle time.Duration) {
 			return
 		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrBadReply) {
+			by := ipc.CloseCause("server")
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				// Silence on both sides for timeout_idle (idle.go).
+				e.log.Infof("[%d] timeout_idle: no byte from the client or the MTA for %v", e.c.id, idle)
+				by = "idle"
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, smtp.ErrBadReply):
 				e.log.Warningf("[%d] reading the MTA: %v", e.c.id, err)
 			}
-			e.setBy("server")
+			e.setBy(by)
 			e.mu.Lock()
 			e.flushLocked()
 			if errors.Is(err, smtp.ErrBadReply) {
@@ -463,17 +492,19 @@ func (e *engine) serverLoop(idle time.Duration) {
 			e.cli.Close()
 			return
 		}
-		if stop := e.answer(r); stop {
+		if stop := e.answer(r, e.rejectLimit(r)); stop {
 			e.pushClient()
 			return
 		}
 	}
 }
 
-// answer gives reply r to the oldest command waiting for the MTA. It
-// returns true when the MTA connection leaves the SMTP dialogue (STARTTLS
-// or direct proxy after AUTH): nothing more is to be read as replies.
-func (e *engine) answer(r *smtp.Reply) bool {
+// answer gives reply r to the oldest command waiting for the MTA, or,
+// when r is a rejection over its rate limit (over names the counter), the
+// proxy's refusal. It returns true when the MTA connection leaves the
+// SMTP dialogue (STARTTLS or direct proxy after AUTH, or the takeover):
+// nothing more is to be read as replies.
+func (e *engine) answer(r *smtp.Reply, over string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var p *pending
@@ -494,6 +525,10 @@ func (e *engine) answer(r *smtp.Reply) bool {
 		e.unexpectedData(p)
 		return true
 	}
+	if over != "" {
+		e.rejectTakeover(p, over)
+		return true
+	}
 	stop := false
 	switch p.verb {
 	case "EHLO":
@@ -510,14 +545,20 @@ func (e *engine) answer(r *smtp.Reply) bool {
 	case "MAIL":
 		if r.Code/100 == 2 {
 			e.inTrans = true
-			e.c.trns.Add(1)
 		}
 		e.logAddr("MAIL FROM", e.cfg.LogMailFrom, p.arg, r)
 	case "RCPT":
-		if r.Code/100 == 2 {
+		// As 1.4 counted them (rcpts=, RCPTS_TOTAL): 250 only, not 251.
+		if r.Code == 250 {
 			e.c.rcpts++
 		}
 		e.logAddr("RCPT TO", e.cfg.LogRcptTo, p.arg, r)
+	case "DATA":
+		// A transaction is a DATA the MTA answered 354 (trns=,
+		// TRANSACTION), whatever then becomes of the message.
+		if r.Code == 354 {
+			e.c.trns.Add(1)
+		}
 	case "RSET":
 		e.inTrans = false
 	case "QUIT":
@@ -584,15 +625,23 @@ func (e *engine) logAddr(what string, mask config.LogAddr, arg string, r *smtp.R
 	if what == "RCPT TO" {
 		prefix = "TO:"
 	}
-	addr, _, _ := smtp.Path(arg, prefix)
-	if n := int(e.cfg.EmailLength); n > 0 && len(addr) > n {
-		addr = addr[:n]
-	}
+	addr := e.address(arg, prefix)
 	if mask.Has(config.LogAddrBase64) {
 		sum := md5.Sum([]byte(addr))
 		addr = base64.StdEncoding.EncodeToString(sum[:])
 	}
 	e.log.Infof("[%d] %s <%s> %d", e.c.id, what, addr, r.Code)
+}
+
+// address is the address of a MAIL FROM or RCPT TO argument as 1.4 took
+// it: cut to email_length bytes (0: nothing left). The regexes, SPF, the
+// log and the action script all see this.
+func (e *engine) address(arg, prefix string) string {
+	addr, _, _ := smtp.Path(arg, prefix)
+	if uint64(len(addr)) > e.cfg.EmailLength {
+		addr = addr[:e.cfg.EmailLength]
+	}
+	return addr
 }
 
 // counter counts the bytes read through it (atomically: the status

@@ -21,11 +21,16 @@ import (
 //
 //	start of the session  lockd: locked? + one connection      554 / 421
 //	                      master: ident counted                554 max_per_ident
-//	MAIL FROM             lockd: messages, bytes, MAIL rejects 451
-//	RCPT TO               lockd: recipients, RCPT rejects      452 / 451
+//	RCPT TO               lockd: one recipient                 552
+//	DATA                  lockd: one message, bytes            552
 //	AUTH                  lockd: AUTH rejects                  454
 //	before the final dot  lockd: locked meanwhile? + bytes     451
-//	MTA refuses MAIL/RCPT/AUTH: counted with the next request (or at the end)
+//	MTA's 5xx to MAIL/RCPT lockd: one rejection                550, takeover
+//	MTA refuses AUTH: counted with the next request (or at the end)
+//
+// As in 1.4: a recipient and a message count when the command goes to
+// the MTA, whatever the MTA answers. ratelimit_bytes and
+// ratelimit_auth_rejects, which 1.4 read but never applied, are applied.
 //	found (virus, spam, regex, earlytalker, ratelimit, maxident; dnsbl and
 //	spf from checks.go): lockd locks per lock_on, runs action_script
 
@@ -108,9 +113,9 @@ func (w *worker) admitSession(c *conn) bool {
 			w.log.Noticef("[%d] %v is locked (%s): refused", c.id, c.src, a.Cause)
 			return earlyReject(c, "lock", 554, cfg.MsgVirusLocked)
 		case a.Over != "":
+			// As in 1.4, a count that is no rejection locks no one.
 			w.log.Noticef("[%d] %v: rate limit %s reached: refused", c.id, c.src, a.Over)
-			w.found(c, config.LockRatelimit, a.Over)
-			return earlyReject(c, "ratelimit", 554, cfg.MsgRatelimitHelo)
+			return earlyReject(c, "ratelimit", 554, cfg.MsgRateReject)
 		}
 	}
 	return true
@@ -222,11 +227,11 @@ func (e *engine) report(f *ipc.Found) {
 	e.p.report(e.c, f)
 }
 
-// rateRefused applies the rate limits to a MAIL, RCPT or AUTH command
-// before it goes to the MTA: MAIL counts a message (its quota, and those
-// of bytes and refused senders, must not be reached), RCPT a recipient
-// (and refused recipients), AUTH looks at refused authentications. It
-// reports true when it answered the command itself.
+// rateRefused applies the rate limits to a RCPT, DATA or AUTH command
+// before it goes to the MTA: RCPT counts a recipient, DATA a message (and
+// the bytes of the messages sent must be under their quota), AUTH looks
+// at refused authentications. It reports true when it answered the
+// command itself.
 func (e *engine) rateRefused(verb string) bool {
 	cfg := e.cfg
 	if !cfg.Rating() {
@@ -234,10 +239,10 @@ func (e *engine) rateRefused(verb string) bool {
 	}
 	q := &ipc.Policy{ID: e.c.id, Client: e.c.src, Ident: e.c.ident, Add: e.c.pol.takePending()}
 	switch verb {
-	case "MAIL":
-		q.Take, q.Check = []string{ipc.RateMessages}, []string{ipc.RateBytes, ipc.RateMailfromRejects}
 	case "RCPT":
-		q.Take, q.Check = []string{ipc.RateRecipients}, []string{ipc.RateRcpttoRejects}
+		q.Take = []string{ipc.RateRecipients}
+	case "DATA":
+		q.Take, q.Check = []string{ipc.RateMessages}, []string{ipc.RateBytes}
 	case "AUTH":
 		q.Check = []string{ipc.RateAuthRejects}
 	}
@@ -251,55 +256,125 @@ func (e *engine) rateRefused(verb string) bool {
 		return false
 	}
 	e.rep.Logf(e.log, logx.Notice, "rate limit", "[%d] %s refused: rate limit %s reached", e.c.id, verb, a.Over)
-	e.found(config.LockRatelimit, a.Over)
+	if a.Over == ipc.RateAuthRejects {
+		// Rejections are a ratelimit event for lock_on; as in 1.4,
+		// the counts of recipients and messages lock no one.
+		e.found(config.LockRatelimit, a.Over)
+	}
 	code, enhanced, text := rateReply(cfg, a.Over)
 	e.local(verb, code, enhanced, text)
 	return true
 }
 
 // rateReply is the reply to a command refused by the rate limit on
-// counter name.
+// counter name: 1.4's, and for the counters 1.4 did not apply (bytes,
+// AUTH rejections) the nearest.
 func rateReply(cfg *config.Config, name string) (code int, enhanced, text string) {
 	switch name {
-	case ipc.RateMessages:
-		return 451, "4.7.1", cfg.MsgRatelimitMessages
-	case ipc.RateBytes:
-		return 451, "4.7.1", cfg.MsgRatelimitMailfrom
-	case ipc.RateMailfromRejects:
-		return 451, "4.7.1", cfg.MsgRatelimitMailfromRejects
+	case ipc.RateMessages, ipc.RateBytes:
+		return 552, "5.3.2", cfg.MsgRatelimitMessages
 	case ipc.RateRecipients:
-		return 452, "4.5.3", cfg.MsgRatelimitRcptto
+		return 552, "5.3.2", cfg.MsgRatelimitRcptto
+	case ipc.RateMailfromRejects:
+		return 550, "5.7.1", cfg.MsgRatelimitMailfromRejects
 	case ipc.RateRcpttoRejects:
-		return 451, "4.7.1", cfg.MsgRatelimitRcpttoRejects
+		return 550, "5.7.1", cfg.MsgRatelimitRcpttoRejects
 	case ipc.RateAuthRejects:
 		return 454, "4.7.0", cfg.MsgRateReject
 	case ipc.RateConnections:
-		return 554, "", cfg.MsgRatelimitHelo
+		return 554, "", cfg.MsgRateReject
 	}
 	return 451, "4.7.1", cfg.MsgRateReject
 }
 
-// rateAnswer books what the MTA's reply to a MAIL, RCPT or AUTH means for
-// the rate limits: a refused MAIL or RCPT is a rejection, and gives back
-// the message or recipient counted when it went; a refused AUTH is a
-// rejection. Called from answer, with e.mu held: the counts go to lockd
-// with the session's next request.
+// rateAnswer books what the MTA's reply to AUTH means for the rate
+// limits: a refusal is counted with the session's next request. Called
+// from answer, with e.mu held.
 func (e *engine) rateAnswer(verb string, code int) {
-	if !e.cfg.Rating() {
-		return
-	}
-	switch {
-	case verb == "MAIL" && code/100 != 2:
-		e.c.pol.addPending(ipc.Delta{Name: ipc.RateMessages, N: -1}, ipc.Delta{Name: ipc.RateMailfromRejects, N: 1})
-	case verb == "RCPT" && code/100 != 2:
-		e.c.pol.addPending(ipc.Delta{Name: ipc.RateRecipients, N: -1}, ipc.Delta{Name: ipc.RateRcpttoRejects, N: 1})
-	case verb == "AUTH" && code >= 400:
+	if e.cfg.Rating() && verb == "AUTH" && code >= 400 {
 		e.c.pol.addPending(ipc.Delta{Name: ipc.RateAuthRejects, N: 1})
 	}
 }
 
 // errHangUp ends a session at once, after the proxy's last reply.
 var errHangUp = errors.New("hang up")
+
+// rejectLimit counts a 5xx reply of the MTA to MAIL or RCPT against
+// ratelimit_mailfrom_rejects or ratelimit_rcptto_rejects before the reply
+// goes on, as 1.4 did. It returns the counter that is over its quota (the
+// client is then locked per lock_on, and refused: see rejectTakeover), or
+// "". A lockd that cannot tell is logged, and the MTA's own refusal goes
+// to the client. Called by serverLoop, without e.mu.
+func (e *engine) rejectLimit(r *smtp.Reply) string {
+	if !e.cfg.Rating() || r.Code/100 != 5 {
+		return ""
+	}
+	e.mu.Lock()
+	verb := ""
+	for _, q := range e.queue {
+		if q.local == nil && q.reply == nil {
+			verb = q.verb // the command r answers
+			break
+		}
+	}
+	e.mu.Unlock()
+	var name string
+	switch verb {
+	case "MAIL":
+		name = ipc.RateMailfromRejects
+	case "RCPT":
+		name = ipc.RateRcpttoRejects
+	default:
+		return ""
+	}
+	q := &ipc.Policy{ID: e.c.id, Client: e.c.src, Ident: e.c.ident, Add: e.c.pol.takePending(), Take: []string{name}}
+	a, err := e.p.askLockd(e.c.ctx, q)
+	if err != nil {
+		e.log.Errf("[%d] %s refused by the MTA: rejection not counted: %v", e.c.id, verb, err)
+		return ""
+	}
+	if a.Over != "" {
+		e.log.Noticef("[%d] %s refused by the MTA: rate limit %s reached: session taken over", e.c.id, verb, a.Over)
+		e.found(config.LockRatelimit, a.Over)
+	}
+	return a.Over
+}
+
+// rejectTakeover ends the relayed session when the MTA's refusal p.reply
+// would be one too many (rejectLimit): the MTA gets QUIT and is closed,
+// the command gets 550 in place of the MTA's reply, and so does every
+// command after it that was already on its way to the MTA (QUIT gets
+// 221). The client's reader is woken, and the session goes on as a
+// takeover session. Called from answer, with e.mu held.
+func (e *engine) rejectTakeover(p *pending, over string) {
+	code, enhanced, text := rateReply(e.cfg, over)
+	e.srv.SetWriteDeadline(time.Now().Add(time.Second))
+	e.srv.Write([]byte("QUIT\r\n"))
+	e.mtaGone = true
+	e.srv.Close()
+	if !e.ended {
+		e.ended = true
+		e.c.by = "ratelimit"
+	}
+	e.reason = text
+	e.takenOver = true
+	refusal := e.reply(code, enhanced, text)
+	for _, q := range e.queue {
+		if q.local != nil || q.reply != nil {
+			continue
+		}
+		q.local = refusal
+		if q.verb == "QUIT" {
+			q.local = e.reply(221, "", e.cfg.MsgSignOff)
+		}
+	}
+	e.forward = 0
+	e.flushLocked()
+	// The client's reader stops waiting now (a read already under way is
+	// seen to in clientLoop).
+	e.clock.stop()
+	e.cli.SetReadDeadline(time.Now())
+}
 
 // beforeDot runs right before the final dot goes to the MTA: was the
 // client locked meanwhile (a virus in another session, smtpgatectl

@@ -81,7 +81,7 @@ func policyConfig(t *testing.T, extra ...string) *config.Config {
 
 func TestAdmitSession(t *testing.T) {
 	cfg := policyConfig(t, "lock_on virus,ratelimit", "ratelimit_period 60", "msg_virus_locked locked out",
-		"msg_ratelimit_helo too many", "msg_temp_unavail later")
+		"msg_rate_reject too many", "msg_temp_unavail later")
 	for _, tc := range []struct {
 		name   string
 		answer ipc.PolicyAnswer
@@ -124,11 +124,9 @@ func TestAdmitSession(t *testing.T) {
 			if line != tc.reply || c.by != tc.by {
 				t.Errorf("reply %q by %q, want %q by %q", line, c.by, tc.reply, tc.by)
 			}
-			wantFound := tc.name == "over"
-			if gotFound := len(asked) == 2; gotFound != wantFound {
-				t.Errorf("requests %+v: a found event %v, want %v", asked, gotFound, wantFound)
-			} else if wantFound && asked[1].(*ipc.Found).Event != config.LockRatelimit {
-				t.Errorf("found %+v", asked[1])
+			// As in 1.4, a count that is no rejection locks no one.
+			if len(asked) != 1 {
+				t.Errorf("requests %+v, want no found event", asked)
 			}
 		})
 	}
@@ -179,8 +177,10 @@ func TestRateAnswerAndReplies(t *testing.T) {
 	e.rateAnswer("AUTH", 334)
 	e.rateAnswer("AUTH", 535)
 	e.rateAnswer("DATA", 554)
-	want := []ipc.Delta{{Name: "messages", N: -1}, {Name: "mailfrom_rejects", N: 1},
-		{Name: "recipients", N: -1}, {Name: "rcptto_rejects", N: 1}, {Name: "auth_rejects", N: 1}}
+	// Only AUTH refusals wait for the next request: a message and a
+	// recipient count when they go (and stay counted), a MAIL or RCPT
+	// refusal is counted as it comes (rejectLimit).
+	want := []ipc.Delta{{Name: "auth_rejects", N: 1}}
 	got := c.pol.takePending()
 	if len(got) != len(want) {
 		t.Fatalf("pending %v, want %v", got, want)
@@ -193,11 +193,24 @@ func TestRateAnswerAndReplies(t *testing.T) {
 	if p := c.pol.takePending(); len(p) != 0 {
 		t.Errorf("taken twice: %v", p)
 	}
-	for _, name := range []string{ipc.RateConnections, ipc.RateMessages, ipc.RateRecipients, ipc.RateBytes,
-		ipc.RateMailfromRejects, ipc.RateRcpttoRejects, ipc.RateAuthRejects} {
-		code, _, text := rateReply(cfg, name)
-		if code < 400 || text == "" {
-			t.Errorf("%s: %d %q", name, code, text)
+	// 1.4's replies (and the nearest for what 1.4 did not apply).
+	for _, tc := range []struct {
+		name     string
+		code     int
+		enhanced string
+		text     string
+	}{
+		{ipc.RateConnections, 554, "", cfg.MsgRateReject},
+		{ipc.RateMessages, 552, "5.3.2", cfg.MsgRatelimitMessages},
+		{ipc.RateRecipients, 552, "5.3.2", cfg.MsgRatelimitRcptto},
+		{ipc.RateBytes, 552, "5.3.2", cfg.MsgRatelimitMessages},
+		{ipc.RateMailfromRejects, 550, "5.7.1", cfg.MsgRatelimitMailfromRejects},
+		{ipc.RateRcpttoRejects, 550, "5.7.1", cfg.MsgRatelimitRcpttoRejects},
+		{ipc.RateAuthRejects, 454, "4.7.0", cfg.MsgRateReject},
+	} {
+		code, enhanced, text := rateReply(cfg, tc.name)
+		if code != tc.code || enhanced != tc.enhanced || text != tc.text {
+			t.Errorf("%s: %d %s %q, want %d %s %q", tc.name, code, enhanced, text, tc.code, tc.enhanced, tc.text)
 		}
 	}
 	if !cfg.WantsEvent(config.LockVirus) || cfg.WantsEvent(config.LockSpam) {

@@ -116,7 +116,9 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 		sp.f = f
 		break
 	}
-	sp.writeRaw(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, c.trns.Load()))
+	// trns: the transactions before this one, as in 1.4, which made the
+	// file before the MTA's 354 counted the message.
+	sp.writeRaw(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, max(c.trns.Load()-1, 0)))
 	return sp, sp.err
 }
 

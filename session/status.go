@@ -52,7 +52,7 @@ type live struct {
 	state    atomic.Uint32
 	cliRx    atomic.Uint64 // bytes received from the client
 	srvRx    atomic.Uint64 // bytes received from the MTA
-	trns     atomic.Int32  // transactions (MAIL FROM accepted)
+	trns     atomic.Int32  // transactions (DATA answered 354)
 	authFlag atomic.Int32  // authAdvertised | authAccepted | authRejected
 	killed   atomic.Bool   // ended by `smtpgatectl kill`
 

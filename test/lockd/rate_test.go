@@ -81,7 +81,7 @@ func workersUsed(d *harness.Daemon, by string) int {
 func TestRateLimits(t *testing.T) {
 	t.Run("connections", func(t *testing.T) {
 		s := newSetup(t)
-		d := s.start(t, "ratelimit_period 3600", "ratelimit_connections 20", "msg_ratelimit_helo too many connections")
+		d := s.start(t, "ratelimit_period 3600", "ratelimit_connections 20", "msg_rate_reject too many connections")
 		codes := parallel(t, s, 21, func(c *harness.Client) int {
 			code, text, _ := c.Reply()
 			if code == 554 && !strings.Contains(text, "test-proxy too many connections") {
@@ -106,19 +106,19 @@ func TestRateLimits(t *testing.T) {
 	t.Run("messages", func(t *testing.T) {
 		s := newSetup(t)
 		d := s.start(t, "ratelimit_period 3600", "ratelimit_sessions 10", "msg_ratelimit_messages too many messages")
+		// As 1.4, a message counts at DATA, before it goes: whatever the
+		// MTA answers (here 554, no valid recipients).
 		codes := parallel(t, s, 11, func(c *harness.Client) int {
-			if reply(c) != 220 || send(c, "EHLO client.test") != 250 {
+			if reply(c) != 220 || send(c, "EHLO client.test") != 250 || send(c, "MAIL FROM:<a@example.com>") != 250 ||
+				send(c, "RCPT TO:<reject@example.org>") != 550 {
 				return -1
 			}
-			code := send(c, "MAIL FROM:<a@example.com>")
-			if code == 250 {
-				send(c, "RSET")
-			}
+			code := send(c, "DATA")
 			send(c, "QUIT")
 			return code
 		})
-		if codes[250] != 10 || codes[451] != 1 {
-			t.Fatalf("MAIL replies by code %v, want 10 × 250 and 1 × 451", codes)
+		if codes[554] != 10 || codes[552] != 1 {
+			t.Fatalf("DATA replies by code %v, want 10 × 554 (from Postfix) and 1 × 552", codes)
 		}
 		if n, _ := s.counter(t, "127.0.0.1", "messages"); n != 10 {
 			t.Errorf("messages %d, want 10", n)
@@ -126,13 +126,14 @@ func TestRateLimits(t *testing.T) {
 		if w := workersUsed(d, "quit"); w < 2 {
 			t.Errorf("the sessions ran on %d worker(s)", w)
 		}
-		// A MAIL the MTA refuses gives its message back: with the
-		// quota reached, none passes, and none is counted.
+		// With the quota reached, MAIL and RCPT pass; DATA gets 552.
 		c := harness.Dial(t, s.addr())
 		c.Expect(220)
 		c.Ehlo("client.test")
-		if r := c.Cmd("MAIL FROM:<a@example.com>", 451); !strings.Contains(r, "4.7.1 test-proxy too many messages") {
-			t.Errorf("MAIL over the quota: %q", r)
+		c.Cmd("MAIL FROM:<a@example.com>", 250)
+		c.Cmd("RCPT TO:<b@example.org>", 250)
+		if r := c.Cmd("DATA", 552); !strings.Contains(r, "5.3.2 test-proxy too many messages") {
+			t.Errorf("DATA over the quota: %q", r)
 		}
 		c.Quit()
 	})
@@ -154,13 +155,14 @@ func TestRateLimits(t *testing.T) {
 			send(c, "QUIT")
 			return 0
 		})
-		if rcpts[250] != 7 || rcpts[452] != 1 {
-			t.Fatalf("RCPT replies by code %v, want 7 × 250 and 1 × 452", rcpts)
+		if rcpts[250] != 7 || rcpts[552] != 1 {
+			t.Fatalf("RCPT replies by code %v, want 7 × 250 and 1 × 552", rcpts)
 		}
 		if n, _ := s.counter(t, "127.0.0.1", "recipients"); n != 7 {
 			t.Errorf("recipients %d, want 7", n)
 		}
-		// Refused recipients are given back and counted as rejections.
+		// As 1.4, a recipient counts at RCPT, whatever the MTA answers;
+		// a refusal (5xx) counts as a rejection too.
 		s.mustCtl(t, "ratelimit", "reset", "127.0.0.1")
 		c := harness.Dial(t, s.addr())
 		c.Expect(220)
@@ -170,8 +172,31 @@ func TestRateLimits(t *testing.T) {
 		c.Cmd("RCPT TO:<b@example.org>", 250)
 		c.Quit()
 		waitCounter(t, s, "rcptto_rejects", 1)
-		if n, _ := s.counter(t, "127.0.0.1", "recipients"); n != 1 {
-			t.Errorf("recipients %d after one refused and one accepted, want 1", n)
+		if n, _ := s.counter(t, "127.0.0.1", "recipients"); n != 2 {
+			t.Errorf("recipients %d after one refused and one accepted, want 2", n)
+		}
+	})
+	t.Run("rejects", func(t *testing.T) {
+		// As 1.4: Postfix's 5xx to RCPT counts; the one over the quota
+		// is answered by the proxy, Postfix gets QUIT, and the session
+		// is taken over.
+		s := newSetup(t)
+		d := s.start(t, "ratelimit_period 3600", "ratelimit_rcptto_rejects 1", "msg_ratelimit_rcptto_rejects too many refused")
+		c := harness.Dial(t, s.addr())
+		c.Expect(220)
+		c.Ehlo("client.test")
+		c.Cmd("MAIL FROM:<a@example.com>", 250)
+		if r := c.Cmd("RCPT TO:<reject@example.org>", 550); !strings.Contains(r, "5.1.1") {
+			t.Errorf("first refusal: %q, want Postfix's", r)
+		}
+		if r := c.Cmd("RCPT TO:<reject@example.org>", 550); !strings.Contains(r, "5.7.1 test-proxy too many refused") {
+			t.Errorf("refusal over the quota: %q, want the proxy's", r)
+		}
+		c.Cmd("RCPT TO:<b@example.org>", 503) // takeover: no more recipients
+		c.Quit()
+		d.WaitLog(t, regexp.MustCompile(`CLOSE by=ratelimit, `), 5*time.Second)
+		if n, _ := s.counter(t, "127.0.0.1", "rcptto_rejects"); n != 1 {
+			t.Errorf("rcptto_rejects %d, want 1", n)
 		}
 	})
 }
