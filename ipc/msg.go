@@ -9,7 +9,7 @@ import (
 // start-up handshake and in every control request; bump it on every change
 // to a message number or payload, so that a master and a child built from
 // different sources refuse each other instead of misreading each other.
-const Version = 4
+const Version = 5
 
 // Type is the number of one message type. Numbers are explicit and never
 // reused: a reader of a packet dump, or of a log line naming a number, can
@@ -299,7 +299,24 @@ type SessionEnd struct {
 	Direct    bool       `msgpack:"direct"`
 	Empty     bool       `msgpack:"empty"`
 	Transacts int        `msgpack:"transactions"`
+	// Auth is the auth= field of the CLOSE line (1 the MTA offers AUTH,
+	// 2 the client authenticated, 4 an authentication failed).
+	Auth int `msgpack:"auth"`
+	// Events are the Event* bits of what happened in the session, for
+	// the counters of the status file: each counts once per session.
+	Events uint32 `msgpack:"events"`
 }
+
+// Bits of SessionEnd.Events.
+const (
+	EventNoAuth    uint32 = 1 << iota // MAIL FROM refused by auth_require
+	EventSPF                          // a sender refused by SPF
+	EventRegex                        // a command refused by a regex_* option
+	EventEarlytalk                    // the client spoke before the greeting
+	EventPipeline                     // a command refused because the pipeline was full
+	EventRatelimit                    // a command refused by a rate limit
+	EventsAll      = EventNoAuth | EventSPF | EventRegex | EventEarlytalk | EventPipeline | EventRatelimit
+)
 
 // SessionsQuery asks a session worker for its live sessions. IDs, when
 // not empty, limits the answer to those sessions.

@@ -130,7 +130,9 @@ func (m *master) admit(c *net.TCPConn) {
 		s := &session{src: src, local: local, start: time.Now(), done: make(chan struct{}), conn: c,
 			ns: &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
 				Count: total, HostCount: host}}
+		s.slot = m.takeSlot()
 		m.sessions[id] = s
+		m.count.peak = max(m.count.peak, len(m.sessions))
 		m.perHost[src.Addr()]++
 		// Logged before the sender can hand the session over, so that
 		// NEW comes before the worker's lines.
@@ -169,6 +171,7 @@ func (m *master) forget(id uint64) *session {
 		return nil
 	}
 	delete(m.sessions, id)
+	m.freeSlots = append(m.freeSlots, s.slot)
 	m.tellLockd(ipc.MsgSessionClosed, &ipc.SessionClosed{ID: id})
 	m.forgetIdent(id)
 	close(s.done)

@@ -334,7 +334,7 @@ func (m *master) command(req *ipc.CtlRequest, uid int) *ipc.CtlReply {
 		}
 		var b strings.Builder
 		s := m.snap(true)
-		humanTable(&b, s)
+		sessionTable(&b, s)
 		return reply(ctlOK, "%s", b.String())
 	case "stats":
 		var b strings.Builder

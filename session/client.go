@@ -11,6 +11,7 @@ import (
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
+	"smtp-gated/ipc"
 )
 
 // errDirect ends the SMTP-aware part of a session: from here bytes pass
@@ -89,6 +90,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	case "MAIL":
 		addr, _, _ := smtp.Path(cmd.Arg, "FROM:")
 		if e.authRequired() {
+			e.c.events.Or(ipc.EventNoAuth)
 			e.local(cmd.Verb, 530, "5.7.0", cfg.MsgAuthRequired)
 			return nil
 		}
@@ -225,6 +227,7 @@ func (e *engine) send(verb, arg string, line []byte, done chan struct{}) (*pendi
 	full := e.cfg.PipelineSize > 0 && uint64(e.forward) >= e.cfg.PipelineSize
 	e.mu.Unlock()
 	if full {
+		e.c.events.Or(ipc.EventPipeline)
 		e.rep.Logf(e.log, logx.Notice, "pipeline full", "[%d] pipeline full (%d commands outstanding): %s refused", e.c.id, e.cfg.PipelineSize, verb)
 		p.local = e.reply(451, "4.5.3", e.cfg.MsgPipelineFull)
 		e.enqueue(p)

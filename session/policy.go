@@ -193,6 +193,7 @@ func (w *worker) report(c *conn, f *ipc.Found) {
 			event = b
 		}
 	}
+	c.events.Or(eventBits[event])
 	if !wantsEvent(c.cfg, event) {
 		return
 	}
@@ -212,6 +213,15 @@ func (w *worker) report(c *conn, f *ipc.Found) {
 	if a := m.Payload.(*ipc.Ack); a.Err != "" {
 		w.log.Warningf("[%d] lockd: %s: %s", c.id, f.Event, a.Err)
 	}
+}
+
+// eventBits are the events of the status file's counters that a lock_on
+// event is.
+var eventBits = map[config.LockOn]uint32{
+	config.LockSPF:         ipc.EventSPF,
+	config.LockRegex:       ipc.EventRegex,
+	config.LockEarlytalker: ipc.EventEarlytalk,
+	config.LockRatelimit:   ipc.EventRatelimit,
 }
 
 // found is worker.found with what the dialogue knows.

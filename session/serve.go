@@ -125,7 +125,7 @@ func (w *worker) finish(c *conn) {
 		tag, c.by, c.cliRx.Load(), c.srvRx.Load(), c.trns.Load(), c.rcpts, c.authFlag.Load(), secs, c.src, c.ident, c.id)
 	trns := int(c.trns.Load())
 	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
-		Direct: c.direct, Empty: trns == 0, Transacts: trns}
+		Direct: c.direct, Empty: trns == 0, Transacts: trns, Auth: int(c.authFlag.Load()), Events: c.events.Load()}
 	if err := w.master.Send(ipc.MsgSessionEnd, end); err != nil {
 		w.log.Errf("[%d] telling master the session ended: %v", c.id, err)
 	}
