@@ -43,8 +43,8 @@ func TestLockOnVirus(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "virus\n" {
 		t.Errorf("lock file content %q, want %q", b, "virus\n")
 	}
-	if !strings.Contains(lb.String(), "LOCK 192.0.2.1: virus from 192.0.2.1 (Eicar)") {
-		t.Errorf("no LOCK line:\n%s", lb)
+	if !strings.Contains(lb.String(), "LOCK:CREATED ("+path+"): virus, src=192.0.2.1, ident=-, detail=Eicar, until=") {
+		t.Errorf("no LOCK:CREATED line:\n%s", lb)
 	}
 	a := ask(t, s, &ipc.Policy{Client: cli4, Lock: true})
 	if !a.Locked || a.Cause != "virus" {
@@ -86,8 +86,8 @@ func TestLockExpiry(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("expired lock not removed at the next connection: %v", err)
 	}
-	if !strings.Contains(lb.String(), "UNLOCK 192.0.2.1: lock expired") {
-		t.Errorf("no UNLOCK line:\n%s", lb)
+	if !strings.Contains(lb.String(), "LOCK:EXPIRED src=192.0.2.1, ident=-, cause=regex") {
+		t.Errorf("no LOCK:EXPIRED line:\n%s", lb)
 	}
 	// The sweep removes expired locks of clients that do not come back.
 	path = filepath.Join(cfg.LockPath, "192.0.2.2")

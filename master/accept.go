@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/ipc"
 )
 
@@ -136,7 +137,7 @@ func (m *master) admit(c *net.TCPConn) {
 		m.perHost[src.Addr()]++
 		// Logged before the sender can hand the session over, so that
 		// NEW comes before the worker's lines.
-		m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
+		m.logNew(cfg, total, host, local, src, id)
 		// pickWorker found room in the queue, under this lock.
 		m.enqueue(w, id, s)
 		m.mu.Unlock()
@@ -144,12 +145,35 @@ func (m *master) admit(c *net.TCPConn) {
 	}
 	m.mu.Unlock()
 
-	m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
+	m.logNew(cfg, total, host, local, src, id)
 	m.mu.Lock()
 	m.countClose(by)
 	m.mu.Unlock()
-	m.log.Infof("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", by, src, id)
+	m.logClose(by, src, 0, id)
 	go m.rejectEvent(c, code, text, by, src, local, id)
+}
+
+// logNew writes the NEW line of a connection, in 1.4's layout: the
+// connections open and those from its source, the local and client
+// addresses, the ident (not known yet), the MTA's address when master
+// knows it (fixed modes; getsockname and tproxy, where it is the local
+// address; empty otherwise), and the session's id.
+func (m *master) logNew(cfg *config.Config, total, host int, local, src netip.AddrPort, id uint64) {
+	dst := ""
+	switch {
+	case cfg.Mode.Fixed():
+		dst = netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort).String()
+	case cfg.Mode == config.ModeGetsockname || cfg.Mode == config.ModeTproxy:
+		dst = local.String()
+	}
+	m.log.Alwaysf("NEW (%d/%d) on=%v, src=%v, ident=, dst=%s, id=%d", total, host, local, src, dst, id)
+}
+
+// logClose writes the CLOSE line of a session master ended itself (see
+// logNew): 1.4's fields, then the client's port and the session's id.
+func (m *master) logClose(by string, src netip.AddrPort, secs int64, id uint64) {
+	m.log.Alwaysf("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, src_port=%d, id=%d",
+		by, secs, src.Addr(), src.Port(), id)
 }
 
 // reject answers a connection that is not admitted and closes it.
@@ -222,8 +246,7 @@ func (m *master) dropSessionsOf(p *proc) int {
 		n++
 		m.count.lostSessions++
 		m.countClose("crash")
-		m.log.Infof("CLOSE by=crash, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, id=%d",
-			int64(time.Since(s.start)/time.Second), s.src, id)
+		m.logClose("crash", s.src, int64(time.Since(s.start)/time.Second), id)
 	}
 	return n
 }

@@ -78,10 +78,10 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	switch cmd.Verb {
 	case "HELO", "EHLO":
 		if cfg.LogHelo {
-			e.log.Infof("[%d] %s %s", e.c.id, cmd.Verb, cmd.Arg)
+			e.log.Alwaysf("%s src=%v, ident=%s, helo=%s, id=%d", cmd.Verb, e.c.src.Addr(), e.c.ident, cmd.Arg, e.c.id)
 		}
 		if !skipRegex && refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
-			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
+			e.rep.Eventf(e.log, logx.Notice, "refused by regex", "REGEX:REJECT src=%v, ident=%s, helo=%s, id=%d", e.c.src.Addr(), e.c.ident, cmd.Arg, e.c.id)
 			e.found(config.LockRegex, cmd.Arg)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexHelo)
 			return nil
@@ -95,7 +95,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 			return nil
 		}
 		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
-			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
+			e.rep.Eventf(e.log, logx.Notice, "refused by regex", "REGEX:REJECT mail=%s, id=%d", addr, e.c.id)
 			e.found(config.LockRegex, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexMailFrom)
 			return nil
@@ -110,7 +110,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	case "RCPT":
 		addr, _, _ := smtp.Path(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
-			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
+			e.rep.Eventf(e.log, logx.Notice, "refused by regex", "REGEX:REJECT rcpt=%s, id=%d", addr, e.c.id)
 			e.found(config.LockRegex, addr)
 			e.local(cmd.Verb, 550, "5.7.1", cfg.MsgRegexRcptTo)
 			return nil

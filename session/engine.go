@@ -217,7 +217,7 @@ func (e *engine) greet(idle time.Duration) bool {
 func (e *engine) relayGreeting(r *smtp.Reply) bool {
 	if e.cfg.Earlytalker && e.clientTalked() {
 		e.setBy("earlytalker")
-		e.log.Noticef("[%d] earlytalker: %v sent data before the greeting", e.c.id, e.c.src)
+		e.log.Eventf(logx.Notice, "FOUND:EARLYTALK src=%v ident=%s, id=%d", e.c.src.Addr(), e.c.ident, e.c.id)
 		e.found(config.LockEarlytalker, "")
 		e.closeMTA()
 		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
@@ -538,7 +538,15 @@ func (e *engine) logAddr(what string, mask config.LogAddr, arg string, r *smtp.R
 		sum := md5.Sum([]byte(addr))
 		addr = base64.StdEncoding.EncodeToString(sum[:])
 	}
-	e.log.Infof("[%d] %s <%s> %d", e.c.id, what, addr, r.Code)
+	// 1.4's lines, then the session's id.
+	switch {
+	case what == "RCPT TO":
+		e.log.Alwaysf("RCPT TO: %d<%s>, id=%d", r.Code, addr, e.c.id)
+	case accepted:
+		e.log.Alwaysf("MAIL FROM <%s>, id=%d", addr, e.c.id)
+	default:
+		e.log.Alwaysf("MAIL FROM <%s> rejected [%d], id=%d", addr, r.Code, e.c.id)
+	}
 }
 
 // counter counts the bytes read through it (atomically: the status

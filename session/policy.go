@@ -106,7 +106,7 @@ func (w *worker) admitSession(c *conn) bool {
 			w.log.Errf("[%d] %v: lock and rate limits unknown: %v: refused for now", c.id, c.src, err)
 			return earlyReject(c, "lockd", 421, cfg.MsgTempUnavail)
 		case a.Locked:
-			w.log.Noticef("[%d] %v is locked (%s): refused", c.id, c.src, a.Cause)
+			w.log.Eventf(logx.Notice, "LOCK:LOCKED src=%v, ident=%s, cause=%s, id=%d", c.src.Addr(), identOrDash(c.ident), a.Cause, c.id)
 			return earlyReject(c, "lock", 554, cfg.MsgVirusLocked)
 		case a.Over != "":
 			w.log.Noticef("[%d] %v: rate limit %s reached: refused", c.id, c.src, a.Over)
@@ -213,6 +213,14 @@ func (w *worker) report(c *conn, f *ipc.Found) {
 	if a := m.Payload.(*ipc.Ack); a.Err != "" {
 		w.log.Warningf("[%d] lockd: %s: %s", c.id, f.Event, a.Err)
 	}
+}
+
+// identOrDash is an ident as 1.4's LOCK: lines show it: "-" for none.
+func identOrDash(ident string) string {
+	if ident == "" {
+		return "-"
+	}
+	return ident
 }
 
 // eventBits are the events of the status file's counters that a lock_on

@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 )
 
@@ -21,6 +22,14 @@ func (e *engine) takeover() {
 		e.mu.Unlock()
 	}
 	e.c.setState(stTakeover)
+	e.mu.Lock()
+	reason := e.reason
+	if reason == "" {
+		reason = string(e.c.by)
+	}
+	e.mu.Unlock()
+	e.log.Eventf(logx.Warning, "SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s, id=%d",
+		e.c.src.Addr(), e.c.ident, e.c.trns.Load(), reason, e.c.id)
 	e.pushClient() // the reply that started the takeover
 	// Why no mail can be sent: a virus, or the reason the session
 	// started as a takeover (a failed destination look-up).

@@ -371,7 +371,7 @@ func TestStatefileUnderLoad(t *testing.T) {
 	for _, src := range order[7:] {
 		m := d.Mark()
 		clients[src].Quit()
-		d.WaitLogAfter(t, m, regexp.MustCompile(`CLOSE by=quit, .*src=`+regexp.QuoteMeta(src)), 10*time.Second)
+		d.WaitLogAfter(t, m, regexp.MustCompile(`CLOSE by=quit, .*`+harness.CloseSrc(src)), 10*time.Second)
 		delete(live, src)
 		freed[slotOf[src]] = true
 	}
@@ -433,7 +433,7 @@ func TestStatefileUnderLoad(t *testing.T) {
 	}
 	m := d.Mark()
 	c.Quit()
-	d.WaitLogAfter(t, m, regexp.MustCompile(`CLOSE by=quit, .*src=`+regexp.QuoteMeta(src)), 10*time.Second)
+	d.WaitLogAfter(t, m, regexp.MustCompile(`CLOSE by=quit, .*`+harness.CloseSrc(src)), 10*time.Second)
 
 	// smtp-gated -s from another process writes and prints the file;
 	// -S names it.
