@@ -199,7 +199,7 @@ func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
 	av := cfg.AntivirusType.String()
 	switch {
 	case v.Kind == ipc.VerdictVirus:
-		e.log.Eventf(logx.Warning, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
+		e.log.Eventf(logx.Notice, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
 		return
 	case cfg.AntivirusType != config.AntivirusOff && failed(av):
 		e.log.Eventf(logx.Err, "SCAN:FAILED size=%d, time=%d, %s, result=%s%s", size, secs, who, v.Err, ours)

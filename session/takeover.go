@@ -28,7 +28,7 @@ func (e *engine) takeover() {
 		reason = string(e.c.by)
 	}
 	e.mu.Unlock()
-	e.log.Eventf(logx.Warning, "SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s, id=%d",
+	e.log.Eventf(logx.Notice, "SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s, id=%d",
 		e.c.src.Addr(), e.c.ident, e.c.trns.Load(), reason, e.c.id)
 	e.pushClient() // the reply that started the takeover
 	// Why no mail can be sent: a virus, or the reason the session
