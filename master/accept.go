@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 )
 
@@ -146,6 +147,15 @@ func (m *master) admit(c *net.TCPConn) {
 	m.mu.Unlock()
 
 	m.logNew(cfg, total, host, local, src, id)
+	// 1.4's line of a connection refused by a limit.
+	switch by {
+	case "maxconn":
+		m.log.Eventf(logx.Info, "Rejecting (%d) connection from %v, id=%d", total, src, id)
+	case "maxhost":
+		m.log.Eventf(logx.Info, "Rejecting (host %d) connection from %v, id=%d", host, src, id)
+	case "load":
+		m.log.Eventf(logx.Info, "Rejecting connection from %v, load=%f, id=%d", src, m.load(), id)
+	}
 	m.mu.Lock()
 	m.countClose(by)
 	m.mu.Unlock()

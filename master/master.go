@@ -442,6 +442,7 @@ func (m *master) shutdown() error {
 	}
 	m.stop()
 	m.stopChildren(5 * time.Second)
+	m.log.Eventf(logx.Info, "%s", statsLine(m.snap(false)))
 	m.log.Noticef("stopped")
 	return nil
 }

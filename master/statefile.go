@@ -381,3 +381,17 @@ func sessionTable(w io.Writer, s *snapshot) {
 			r.Src, target, r.Transaction, r.ClientRx, r.ServerRx, kbps(r, secs), ident)
 	}
 }
+
+// statsLine is 1.4's summary line at stop: uptime, the peak of sessions,
+// crashes and bugs (count@time), found viruses/spam/no-auth/spf, requests
+// and rejects (host/ident/lock/dnsbl/regex/rate/ratelimit/other).
+func statsLine(s *snapshot) string {
+	sec := int64(s.Now.Sub(s.Started) / time.Second)
+	r := s.Rejects
+	return fmt.Sprintf("uptime=%dd%dh%dm%ds maxchildren=%d crash=%d@%d bugs=%d@%d found=%d/%d/%d/%d "+
+		"requests=%d/%d/%d rejects=%d/%d/%d/%d/%d/%d/%d/%d",
+		sec/86400, sec%86400/3600, sec%3600/60, sec%60, s.Peak,
+		s.Crashes, unixTime(s.CrashLast), s.Bugs, unixTime(s.BugLast),
+		s.Viruses, s.Spam, s.NoAuth, s.SPF, s.Requests, s.Direct, s.Empty,
+		r[0], r[1], r[2], r[3], s.Regex, r[4], r[5], r[6])
+}

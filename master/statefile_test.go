@@ -241,3 +241,11 @@ func TestCountEndAndSlots(t *testing.T) {
 		t.Errorf("slots %v, want [2 1 0 1]", slots)
 	}
 }
+
+// 1.4's summary line at stop.
+func TestStatsLine(t *testing.T) {
+	want := "uptime=1d2h3m4s maxchildren=5 crash=1@1700000040 bugs=0@0 found=3/1/2/4 requests=10/1/4 rejects=1/0/2/0/6/0/0/5"
+	if got := statsLine(sampleSnapshot()); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}

@@ -478,6 +478,7 @@ func (e *engine) answer(r *smtp.Reply) bool {
 	case "AUTH":
 		switch {
 		case r.Code == 235:
+			e.log.Eventf(logx.Debug, "AUTH:ACCEPT src=%v, ident=%s, id=%d", e.c.src.Addr(), e.c.ident, e.c.id)
 			e.authed = true
 			e.c.authFlag.Or(authAccepted)
 			if e.cfg.AuthSkip.Has(config.AuthSkipDirect) {
@@ -485,6 +486,7 @@ func (e *engine) answer(r *smtp.Reply) bool {
 				stop = true
 			}
 		case r.Code >= 400:
+			e.log.Eventf(logx.Notice, "AUTH:REJECT [%d] src=%v, ident=%s, id=%d", r.Code, e.c.src.Addr(), e.c.ident, e.c.id)
 			e.c.authFlag.Or(authRejected)
 		}
 	case "STARTTLS":

@@ -91,3 +91,38 @@ func TestLogLinesAtNotice(t *testing.T) {
 		t.Errorf("no line /%s/ (in this order) in the log:\n%s", want[next], strings.Join(lines, "\n"))
 	}
 }
+
+// 1.4's other lines: a connection refused by max_per_host, a failed and
+// an accepted AUTH, and the summary at stop.
+func TestLogLinesRejectAuthStop(t *testing.T) {
+	s := newSetup(t)
+	d := s.start(t, "log_level debug", "max_per_host 1")
+	c := greeted(t, s.addr())
+	c2 := harness.Dial(t, s.addr())
+	c2.Expect(554)
+	c2.Close()
+	c.AuthPlain(s.pf.User, "wrong", 535)
+	c.AuthPlain(s.pf.User, s.pf.Pass, 235)
+	c.Quit()
+	d.WaitLog(t, regexp.MustCompile(`CLOSE by=quit, `), 10*time.Second)
+	d.Stop(t)
+
+	ip := `127\.0\.0\.1`
+	want := []string{
+		`info: Rejecting \(host 1\) connection from ` + ip + `:\d+, id=2`,
+		`notice: CLOSE by=maxhost, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=` + ip + `, ident=, src_port=\d+, id=2`,
+		`notice: AUTH:REJECT \[535\] src=` + ip + `, ident=, id=1`,
+		`debug: AUTH:ACCEPT src=` + ip + `, ident=, id=1`,
+		`info: uptime=0d0h0m\d+s maxchildren=1 crash=0@0 bugs=0@0 found=0/0/0/0 requests=2/0/1 rejects=1/0/0/0/0/0/0/0`,
+	}
+	lines := d.LogLines()
+	next := 0
+	for _, l := range lines {
+		if next < len(want) && regexp.MustCompile(`^smtp-gated\[\d+\]: `+want[next]+`$`).MatchString(l) {
+			next++
+		}
+	}
+	if next < len(want) {
+		t.Errorf("no line /%s/ (in this order) in the log:\n%s", want[next], strings.Join(lines, "\n"))
+	}
+}
