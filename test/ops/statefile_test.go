@@ -457,17 +457,23 @@ func TestStatefileUnderLoad(t *testing.T) {
 }
 
 // The counters 1.4's status file adds: a MAIL FROM refused by
-// auth_require (Found no-auth), a failed and an accepted AUTH (Auth, and
-// the session's flag A), a session worker that died (Children crashed,
-// Last crash), in both layouts.
+// auth_require (Found no-auth) and one by a regex (Found regex), a failed
+// and an accepted AUTH (Auth, and the session's flag A), a connection
+// over max_per_host (Rejects host), a session worker that died (Children
+// crashed, Last crash), in both layouts.
 func TestStatefileCounters(t *testing.T) {
 	s := newSetup(t)
-	d := s.start(t, "auth_require mandatory", "statefile_type human,slots")
+	opts := []string{"auth_require mandatory", "regex_reject_mail_from ^evil@", "max_per_host 1"}
+	d := s.start(t, append(opts, "statefile_type human,slots")...)
 
 	c := greeted(t, s.addr())
+	over := harness.Dial(t, s.addr())
+	over.Expect(554)
+	over.Close()
 	c.Cmd("MAIL FROM:<a@example.com>", 530)
 	c.AuthPlain(s.pf.User, "wrong", 535)
 	c.AuthPlain(s.pf.User, s.pf.Pass, 235)
+	c.Cmd("MAIL FROM:<evil@example.com>", 550)
 	_, rows := parseHuman(t, dump(t, d, s.state()))
 	if len(rows) != 1 {
 		t.Fatalf("%d session rows, want 1", len(rows))
@@ -492,7 +498,8 @@ func TestStatefileCounters(t *testing.T) {
 
 	summary, _ := parseHuman(t, dump(t, d, s.state()))
 	hasLines(t, "human", summary, "Children: 0/1/1/0 (current/max/crashed/bugs)",
-		"Found:    0/0/1/0/0 (viruses/spam/no-auth/spf/regex/earlytalk)", "Auth:     1/1 (accepted/rejected)")
+		"Found:    0/0/1/0/1 (viruses/spam/no-auth/spf/regex/earlytalk)", "Auth:     1/1 (accepted/rejected)",
+		"Requests: 2/0/1 (total/direct/empty)", "Rejects:  1/0/0/0/0/0/0 (host/ident/lock/dnsbl/rate/ratelimit/other)")
 	for _, l := range summary {
 		if v, ok := strings.CutPrefix(l, "Last crash:   "); ok {
 			at, err := time.ParseInLocation("Mon Jan _2 15:04:05 2006", v, time.Local)
@@ -502,12 +509,12 @@ func TestStatefileCounters(t *testing.T) {
 		}
 	}
 
-	if err := os.WriteFile(d.ConfigFile(), []byte(s.config("auth_require mandatory", "statefile_type flat")), 0o644); err != nil {
+	if err := os.WriteFile(d.ConfigFile(), []byte(s.config(append(opts, "statefile_type flat")...)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d.Reload(t)
 	kv, _ := parseFlat(t, dump(t, d, s.state()))
-	for k, v := range map[string]string{"found.noauths": "1", "auth.accepts": "1", "auth.rejects": "1",
+	for k, v := range map[string]string{"found.noauths": "1", "found.regex": "1", "rejects.host": "1", "auth.accepts": "1", "auth.rejects": "1",
 		"children.crashes": "1", "children.max": "1", "children.bugs": "0", "children.bug_last": "0"} {
 		if kv[k] != v {
 			t.Errorf("flat %s: %q, want %q", k, kv[k], v)
