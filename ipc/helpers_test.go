@@ -27,7 +27,7 @@ func samples() map[Type]any {
 		MsgNewSession: &NewSession{ID: 1<<40 + 7, Client: v4, Local: v6,
 			Accepted: 1700000000123456789, Count: 17, HostCount: 3},
 		MsgSessionEnd: &SessionEnd{ID: 1<<33 + 1, By: "client", ClientRx: 1 << 35,
-			ServerRx: 12345, Direct: true, Empty: true, Transacts: 2, Spam: 1},
+			ServerRx: 12345, Direct: true, Empty: true, Transacts: 2, Spam: 1, Auth: 3, Events: EventSPF | EventPipeline},
 		MsgSessions: &SessionsQuery{IDs: []uint64{1, 1<<40 + 3}},
 		MsgSessionList: &SessionList{Rows: []SessionRow{{ID: 1<<36 + 2, State: "data", Target: v4b, Ident: "bob",
 			Transaction: 3, Auth: 3, ClientRx: 1 << 34, ServerRx: 777}, {ID: 9, State: "helo", Target: v6}}},

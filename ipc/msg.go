@@ -303,7 +303,24 @@ type SessionEnd struct {
 	// Spam is the number of messages the scanner found spam, whether
 	// refused or passed (lock_on without spam); at most Transacts.
 	Spam int `msgpack:"spam"`
+	// Auth is the auth= field of the CLOSE line (1 the MTA offers AUTH,
+	// 2 the client authenticated, 4 an authentication failed).
+	Auth int `msgpack:"auth"`
+	// Events are the Event* bits of what happened in the session, for
+	// the counters of the status file: each counts once per session.
+	Events uint32 `msgpack:"events"`
 }
+
+// Bits of SessionEnd.Events.
+const (
+	EventNoAuth    uint32 = 1 << iota // MAIL FROM refused by auth_require
+	EventSPF                          // a sender refused by SPF
+	EventRegex                        // a command refused by a regex_* option
+	EventEarlytalk                    // the client spoke before the greeting
+	EventPipeline                     // a command refused because the pipeline was full
+	EventRatelimit                    // a command refused by a rate limit
+	EventsAll      = EventNoAuth | EventSPF | EventRegex | EventEarlytalk | EventPipeline | EventRatelimit
+)
 
 // SessionsQuery asks a session worker for its live sessions. IDs, when
 // not empty, limits the answer to those sessions.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 )
 
@@ -162,9 +163,11 @@ func (s *server) found(f *ipc.Found) error {
 		case res.created:
 			until := "forever"
 			if cfg.LockDuration > 0 {
-				until = "until " + now.Add(time.Duration(cfg.LockDuration)*time.Second).Format(time.DateTime)
+				until = now.Add(time.Duration(cfg.LockDuration) * time.Second).Format(time.DateTime)
 			}
-			s.log.Noticef("[%d] LOCK %v: %s, %s, %s", f.ID, c, what, until, res.path)
+			// 1.4's line, then ours.
+			s.log.Eventf(logx.Notice, "LOCK:CREATED (%s): %s, src=%v, ident=%s, detail=%s, until=%s, id=%d",
+				res.path, f.Event, c.addr, identOrDash(c.ident), printable(f.Detail), until, f.ID)
 		case res.protector != nil:
 			s.log.Noticef("[%d] LOCK %v: not locked for %s: %s belongs to %s, an administrator's file",
 				f.ID, c, what, res.protector.path, ownerName(res.protector.owner))

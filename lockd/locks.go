@@ -161,7 +161,8 @@ func (s *server) removeExpired(l *lockFile) {
 		s.log.Errf("expired lock %s: %v", l.path, err)
 		return
 	}
-	s.log.Infof("UNLOCK %v: lock expired (cause %s, since %s)", l.client, l.cause, l.mtime.Format(time.DateTime))
+	s.log.Eventf(logx.Info, "LOCK:EXPIRED src=%v, ident=%s, cause=%s, since=%s",
+		l.client.addr, identOrDash(l.client.ident), l.cause, l.mtime.Format(time.DateTime))
 }
 
 // lockResult is what makeLock did.

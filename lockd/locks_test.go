@@ -45,8 +45,8 @@ func TestLockOnVirus(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "Eicar\n" {
 		t.Errorf("lock file content %q, want %q", b, "Eicar\n")
 	}
-	if !strings.Contains(lb.String(), "LOCK 192.0.2.1: virus from 192.0.2.1 (Eicar)") {
-		t.Errorf("no LOCK line:\n%s", lb)
+	if !strings.Contains(lb.String(), "LOCK:CREATED ("+path+"): virus, src=192.0.2.1, ident=-, detail=Eicar, until=") {
+		t.Errorf("no LOCK:CREATED line:\n%s", lb)
 	}
 	a := ask(t, s, &ipc.Policy{Client: cli4, Lock: true})
 	if !a.Locked || a.Cause != "Eicar" {
@@ -78,7 +78,7 @@ func TestLockExpiry(t *testing.T) {
 	s, lb := testServer(t, "lock_on any", "lock_duration 2")
 	cfg := s.cfg.Load()
 	found(t, s, &ipc.Found{Event: config.LockRegex, Client: cli4})
-	found(t, s, &ipc.Found{Event: config.LockEarlytalker, Client: cli4b}) // the manual's word
+	found(t, s, &ipc.Found{Event: config.LockEarlytalker, Client: cli4b})
 	path := filepath.Join(cfg.LockPath, "192.0.2.1")
 	old := time.Now().Add(-3 * time.Second)
 	os.Chtimes(path, old, old)
@@ -88,8 +88,8 @@ func TestLockExpiry(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("expired lock not removed at the next connection: %v", err)
 	}
-	if !strings.Contains(lb.String(), "UNLOCK 192.0.2.1: lock expired") {
-		t.Errorf("no UNLOCK line:\n%s", lb)
+	if !strings.Contains(lb.String(), "LOCK:EXPIRED src=192.0.2.1, ident=-, cause=REGEX") {
+		t.Errorf("no LOCK:EXPIRED line:\n%s", lb)
 	}
 	// The sweep removes expired locks of clients that do not come back.
 	path = filepath.Join(cfg.LockPath, "192.0.2.2")

@@ -54,6 +54,14 @@ func (c client) String() string {
 	return c.addr.String()
 }
 
+// identOrDash is an ident as 1.4's LOCK: lines show it: "-" for none.
+func identOrDash(ident string) string {
+	if ident == "" {
+		return "-"
+	}
+	return ident
+}
+
 // hostOnly is the client without its ident.
 func (c client) hostOnly() client { return client{addr: c.addr} }
 

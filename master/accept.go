@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
@@ -127,11 +129,13 @@ func (m *master) admit(c *net.TCPConn) {
 		s := &session{src: src, local: local, start: time.Now(), done: make(chan struct{}), conn: c,
 			ns: &ipc.NewSession{ID: id, Client: src, Local: local, Accepted: time.Now().UnixNano(),
 				Count: total, HostCount: host}}
+		s.slot = m.takeSlot()
 		m.sessions[id] = s
+		m.count.peak = max(m.count.peak, len(m.sessions))
 		m.perHost[src.Addr()]++
 		// Logged before the sender can hand the session over, so that
 		// NEW comes before the worker's lines.
-		m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
+		m.logNew(cfg, total, host, local, src, id)
 		// pickWorker found room in the queue, under this lock.
 		m.enqueue(w, id, s)
 		m.mu.Unlock()
@@ -139,12 +143,44 @@ func (m *master) admit(c *net.TCPConn) {
 	}
 	m.mu.Unlock()
 
-	m.log.Infof("NEW (%d/%d) on=%v, src=%v, ident=, id=%d", total, host, local, src, id)
+	m.logNew(cfg, total, host, local, src, id)
+	// 1.4's line of a connection refused by a limit.
+	switch by {
+	case "maxconn":
+		m.log.Eventf(logx.Info, "Rejecting (%d) connection from %v, id=%d", total, src, id)
+	case "maxhost":
+		m.log.Eventf(logx.Info, "Rejecting (host %d) connection from %v, id=%d", host, src, id)
+	case "load":
+		m.log.Eventf(logx.Info, "Rejecting connection from %v, load=%f, id=%d", src, m.load(), id)
+	}
 	m.mu.Lock()
 	m.countClose(by)
 	m.mu.Unlock()
-	m.log.Infof("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=0, src=%v, ident=, id=%d", by, src, id)
+	m.logClose(by, src, 0, id)
 	go m.rejectEvent(c, code, text, by, src, local, id)
+}
+
+// logNew writes the NEW line of a connection, in 1.4's layout: the
+// connections open and those from its source, the local and client
+// addresses, the ident (not known yet), the MTA's address when master
+// knows it (fixed modes; getsockname and tproxy, where it is the local
+// address; empty otherwise), and the session's id.
+func (m *master) logNew(cfg *config.Config, total, host int, local, src netip.AddrPort, id uint64) {
+	dst := ""
+	switch {
+	case cfg.Mode.Fixed():
+		dst = netip.AddrPortFrom(cfg.FixedServer, cfg.FixedServerPort).String()
+	case cfg.Mode == config.ModeGetsockname || cfg.Mode == config.ModeTproxy:
+		dst = local.String()
+	}
+	m.log.Alwaysf("NEW (%d/%d) on=%v, src=%v, ident=, dst=%s, id=%d", total, host, local, src, dst, id)
+}
+
+// logClose writes the CLOSE line of a session master ended itself (see
+// logNew): 1.4's fields, then the client's port and the session's id.
+func (m *master) logClose(by string, src netip.AddrPort, secs int64, id uint64) {
+	m.log.Alwaysf("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, src_port=%d, id=%d",
+		by, secs, src.Addr(), src.Port(), id)
 }
 
 // reject answers a connection that is not admitted and closes it.
@@ -162,6 +198,7 @@ func (m *master) forget(id uint64) *session {
 		return nil
 	}
 	delete(m.sessions, id)
+	m.freeSlots = append(m.freeSlots, s.slot)
 	m.tellLockd(ipc.MsgSessionClosed, &ipc.SessionClosed{ID: id})
 	m.forgetIdent(id)
 	close(s.done)
@@ -212,8 +249,7 @@ func (m *master) dropSessionsOf(p *proc) int {
 		n++
 		m.count.lostSessions++
 		m.countClose("crash")
-		m.log.Infof("CLOSE by=crash, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, id=%d",
-			int64(time.Since(s.start)/time.Second), s.src, id)
+		m.logClose("crash", s.src, int64(time.Since(s.start)/time.Second), id)
 	}
 	return n
 }

@@ -253,6 +253,15 @@ func (m *master) exited(p *proc, cmd *exec.Cmd, state *os.ProcessState) {
 	}
 	lost := m.dropSessionsOf(p)
 	stopping := m.stoppingLocked()
+	switch {
+	case stopping:
+	case p.breached:
+		m.count.bugs++
+		m.count.bugLast = time.Now()
+	default:
+		m.count.crashes++
+		m.count.crashLast = time.Now()
+	}
 	if lived >= 10*time.Second || p.breached {
 		p.failures = 0
 	} else {

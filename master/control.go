@@ -320,7 +320,7 @@ func (m *master) command(req *ipc.CtlRequest, uid int) *ipc.CtlReply {
 
 func ctlSessions(m *master) *ipc.CtlReply {
 	var b strings.Builder
-	humanTable(&b, m.snap(true))
+	sessionTable(&b, m.snap(true))
 	return reply(ipc.CtlOK, "%s", b.String())
 }
 

@@ -227,8 +227,7 @@ func (m *master) rehand(p *proc) (moved, refused int) {
 		m.forget(id)
 		m.countClose("handoff")
 		refused++
-		m.log.Infof("CLOSE by=handoff, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, id=%d",
-			int64(time.Since(s.start)/time.Second), s.src, id)
+		m.logClose("handoff", s.src, int64(time.Since(s.start)/time.Second), id)
 		go m.reject(c, 421, cfg.MsgTempUnavail)
 	}
 	return moved, refused

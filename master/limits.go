@@ -115,8 +115,11 @@ func (m *master) overLoad(cfg *config.Config) bool {
 		}
 		m.lim.loadBits.Store(math.Float64bits(l))
 	}
-	return math.Float64frombits(m.lim.loadBits.Load()) > cfg.MaxLoad
+	return m.load() > cfg.MaxLoad
 }
+
+// load is the load average overLoad last read.
+func (m *master) load() float64 { return math.Float64frombits(m.lim.loadBits.Load()) }
 
 // rejectEvent refuses a connection admit did not admit. A max_per_host
 // refusal is an event for lockd first (lock_on maxhost, action_script),

@@ -49,6 +49,7 @@ type session struct {
 	local  netip.AddrPort
 	ident  string // as the worker told it (IdentQuery), once
 	start  time.Time
+	slot   int           // its row in the status file
 	done   chan struct{} // closed when the session is forgotten
 	// conn is master's copy of the client socket and ns the hand-off
 	// message, until the worker says it took the session; nil after.
@@ -61,6 +62,20 @@ type counters struct {
 	requests, direct, empty   uint64
 	rejectHost, rejectMax     uint64
 	rejectOther, lostSessions uint64
+	// For the status file: the most sessions open at once; children
+	// that died unexpectedly and those killed for breaking the rules,
+	// with the time of the last; sessions in which an auth_require
+	// refusal, an SPF or regex refusal, an early talker, a full
+	// pipeline, a rate-limit refusal, an accepted and a failed
+	// authentication happened.
+	peak               int
+	crashes, bugs      uint64
+	crashLast, bugLast time.Time
+	noAuth, spf, regex uint64
+	earlytalk          uint64
+	pipeline           uint64
+	rateRefused        uint64
+	authOK, authFail   uint64
 }
 
 type master struct {
@@ -91,6 +106,8 @@ type master struct {
 	sessions     map[uint64]*session
 	perHost      map[netip.Addr]int
 	nextID       uint64
+	freeSlots    []int // slot numbers of sessions that ended (takeSlot)
+	slotsUsed    int   // slot numbers given so far
 	draining     bool
 	stopped      bool
 	drained      chan struct{}
@@ -428,6 +445,7 @@ func (m *master) shutdown() error {
 	}
 	m.stop()
 	m.stopChildren(5 * time.Second)
+	m.log.Eventf(logx.Info, "%s", statsLine(m.snap(false)))
 	m.log.Noticef("stopped")
 	return nil
 }

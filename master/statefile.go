@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"smtp-gated/internal/config"
@@ -16,44 +17,57 @@ import (
 
 // snapshot is the daemon's status at one moment.
 type snapshot struct {
-	Version          string
-	Pid              int
-	Now              time.Time
-	Started          time.Time
-	Reloaded         time.Time
-	Current, Max     int
-	Viruses, Spam    uint64
-	Requests         uint64
-	Direct, Empty    uint64
-	Rejects          [len(rejectKinds)]uint64
-	Lost             uint64
-	ClientBytes      uint64
-	ServerBytes      uint64
-	Closes           map[string]uint64
-	Restarts         map[string]int
-	Sessions         []liveRow
-	SessionsIncluded bool
+	Version     string
+	BuildDate   string
+	Pid         int
+	Now         time.Time
+	Started     time.Time
+	Reloaded    time.Time
+	Resource    string // the Resource: line's values, or why there are none
+	Current     int
+	Peak        int // the most sessions open at once since start
+	Limit       int // max_connections
+	Crashes     uint64
+	CrashLast   time.Time
+	Bugs        uint64
+	BugLast     time.Time
+	Viruses     uint64
+	Spam        uint64
+	NoAuth      uint64
+	SPF         uint64
+	Regex       uint64
+	Earlytalk   uint64
+	Requests    uint64
+	Direct      uint64
+	Empty       uint64
+	Rejects     [len(rejectKinds)]uint64
+	Pipeline    uint64
+	AuthOK      uint64
+	AuthFail    uint64
+	Lost        uint64
+	ClientBytes uint64
+	ServerBytes uint64
+	Closes      map[string]uint64
+	Restarts    map[string]int
+	Sessions    []liveRow
 }
 
-// rejectKinds are the columns of the Rejects line. Each counts the CLOSE
-// causes listed in rejectCauses.
+// rejectKinds are the columns of the Rejects line, as 1.4 had them.
+// Each counts the CLOSE causes listed in rejectCauses; ratelimit counts
+// the sessions in which a command was refused by a rate limit.
 var rejectKinds = [...]string{"host", "ident", "lock", "dnsbl", "rate", "ratelimit", "other"}
+
+const rejectRatelimit = 5
 
 var rejectCauses = map[string]int{
 	"maxhost":   0,
 	"maxident":  1,
 	"lock":      2,
 	"dnsbl":     3,
-	"dnsdb":     3,
-	"maxconn":   4, // too many connections or too much load
-	"load":      4,
-	"ratelimit": 5,
-	// Other refusals: the proxy did not relay the session.
-	"earlytalker": 6,
-	"loop":        6,
-	"lookup":      6,
-	"spf":         6,
-	"regex":       6,
+	"ratelimit": 4, // the rate of connections
+	// Refused by master: max_connections, max_load, no worker.
+	"maxconn":     6,
+	"load":        6,
 	"unavailable": 6,
 	"shutdown":    6,
 	"handoff":     6,
@@ -65,16 +79,21 @@ func (m *master) snap(withSessions bool) *snapshot {
 	if withSessions {
 		rows = m.liveSessions()
 	}
+	res := resourceUsage()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	c := &m.count
 	s := &snapshot{
-		Version: version.Version, Pid: os.Getpid(), Now: time.Now(),
-		Started: m.started, Reloaded: m.reloaded,
-		Current: len(m.sessions), Max: m.maxConnections,
-		Requests: m.count.requests, Direct: m.count.direct, Empty: m.count.empty,
-		Lost: m.count.lostSessions, ClientBytes: m.ops.clientBytes, ServerBytes: m.ops.serverBytes,
+		Version: version.Version, BuildDate: version.BuildDate(), Pid: os.Getpid(), Now: time.Now(),
+		Started: m.started, Reloaded: m.reloaded, Resource: res,
+		Current: len(m.sessions), Peak: c.peak, Limit: m.maxConnections,
+		Crashes: c.crashes, CrashLast: c.crashLast, Bugs: c.bugs, BugLast: c.bugLast,
+		NoAuth: c.noAuth, SPF: c.spf, Regex: c.regex, Earlytalk: c.earlytalk,
+		Requests: c.requests, Direct: c.direct, Empty: c.empty,
+		Pipeline: c.pipeline, AuthOK: c.authOK, AuthFail: c.authFail,
+		Lost: c.lostSessions, ClientBytes: m.ops.clientBytes, ServerBytes: m.ops.serverBytes,
 		Closes: map[string]uint64{}, Restarts: map[string]int{},
-		Sessions: rows, SessionsIncluded: withSessions,
+		Sessions: rows,
 	}
 	for by, n := range m.ops.closes {
 		s.Closes[by] = n
@@ -82,11 +101,22 @@ func (m *master) snap(withSessions bool) *snapshot {
 			s.Rejects[k] += n
 		}
 	}
+	s.Rejects[rejectRatelimit] += c.rateRefused
 	s.Viruses, s.Spam = m.ops.closes["virus"], m.ops.spam
 	for _, p := range m.allProcs() {
 		s.Restarts[p.String()] = p.restarts
 	}
 	return s
+}
+
+// resourceUsage is master's getrusage as 1.4's Resource line shows it:
+// "maxrss/ixrss/idrss/isrss".
+func resourceUsage() string {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return "getrusage() error: " + err.Error()
+	}
+	return fmt.Sprintf("%d/%d/%d/%d", ru.Maxrss, ru.Ixrss, ru.Idrss, ru.Isrss)
 }
 
 // writeState writes the statefile (USR1, `smtp-gated -s`, `smtpgatectl
@@ -135,42 +165,89 @@ func writeAtomic(path string, data []byte, perm os.FileMode) error {
 	return err
 }
 
-// formatState writes the status in the formats of statefile_type: human
-// (the summary for people, and the session table), flat (key: value lines,
-// the sessions as slot.N.* keys), slots (the session table). Every format
-// lists every live session.
+// formatState writes the status file in 1.4's layouts. statefile_type
+// flat gives key: value lines, otherwise the human layout is written;
+// slots adds the live sessions to either.
 func formatState(w io.Writer, t config.StatefileType, s *snapshot) {
-	table := t.Has(config.StatefileHuman) || t.Has(config.StatefileSlots) || t == 0
-	if t.Has(config.StatefileHuman) || t == 0 {
-		humanSummary(w, s)
-	}
-	if table {
-		humanTable(w, s)
-	}
+	slots := t.Has(config.StatefileSlots)
 	if t.Has(config.StatefileFlat) {
-		if table {
-			fmt.Fprintln(w)
-		}
-		flat(w, s, true)
+		flat(w, s, slots)
+		return
 	}
+	human(w, s, slots)
 }
 
-func humanSummary(w io.Writer, s *snapshot) {
-	const layout = "Mon Jan _2 15:04:05 2006"
-	fmt.Fprintf(w, "Version: smtp-gated %s, pid %d\n", s.Version, s.Pid)
-	fmt.Fprintf(w, "Start time: %s\n", s.Started.Format(layout))
-	fmt.Fprintf(w, "Restart time: %s\n", s.Reloaded.Format(layout))
-	fmt.Fprintf(w, "Uptime: %s\n", uptime(s.Now.Sub(s.Started)))
-	fmt.Fprintf(w, "Children: %d/%d (current/max)\n", s.Current, s.Max)
-	fmt.Fprintf(w, "Found: %d/%d (viruses/spam)\n", s.Viruses, s.Spam)
+// timeLayout is C's strftime %c in the C locale.
+const timeLayout = "Mon Jan _2 15:04:05 2006"
+
+// stamp is t as 1.4 wrote times; the zero time is the epoch.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		t = time.Unix(0, 0)
+	}
+	return t.Format(timeLayout)
+}
+
+// unixTime is t in Unix seconds, 0 for the zero time.
+func unixTime(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// resourceLine is the Resource line of both layouts.
+func resourceLine(w io.Writer, s *snapshot) {
+	if strings.HasPrefix(s.Resource, "getrusage") {
+		fmt.Fprintf(w, "# Resource: %s\n", s.Resource)
+		return
+	}
+	fmt.Fprintf(w, "Resource: %s (maxrss/ixrss/idrss/isrss)\n", s.Resource)
+}
+
+// human is 1.4's human layout: the counters, a blank line and the
+// session table's header, and with slots a row per live session.
+func human(w io.Writer, s *snapshot, slots bool) {
+	fmt.Fprintf(w, "Version:      %s\n", s.Version)
+	fmt.Fprintf(w, "Compile date: %s\n", s.BuildDate)
+	fmt.Fprintf(w, "Dump time:    %s\n", stamp(s.Now))
+	fmt.Fprintf(w, "Start time:   %s\n", stamp(s.Started))
+	fmt.Fprintf(w, "Restart time: %s\n", stamp(s.Reloaded))
+	fmt.Fprintf(w, "Last crash:   %s\n", stamp(s.CrashLast))
+	fmt.Fprintf(w, "Last BUG:     %s\n", stamp(s.BugLast))
+	fmt.Fprintf(w, "Uptime:   %s\n", uptime(s.Now.Sub(s.Started)))
+	resourceLine(w, s)
+	fmt.Fprintf(w, "Children: %d/%d/%d/%d (current/max/crashed/bugs)\n", s.Current, s.Peak, s.Crashes, s.Bugs)
+	// Five numbers under six names, as 1.4 wrote it: earlytalk is in
+	// the flat layout only.
+	fmt.Fprintf(w, "Found:    %d/%d/%d/%d/%d (viruses/spam/no-auth/spf/regex/earlytalk)\n",
+		s.Viruses, s.Spam, s.NoAuth, s.SPF, s.Regex)
 	fmt.Fprintf(w, "Requests: %d/%d/%d (total/direct/empty)\n", s.Requests, s.Direct, s.Empty)
 	var r []string
 	for _, n := range s.Rejects {
 		r = append(r, fmt.Sprint(n))
 	}
-	fmt.Fprintf(w, "Rejects: %s (%s)\n", strings.Join(r, "/"), strings.Join(rejectKinds[:], "/"))
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Rejects:  %s (%s)\n", strings.Join(r, "/"), strings.Join(rejectKinds[:], "/"))
+	fmt.Fprintf(w, "Errors:   %d (pipeline)\n", s.Pipeline)
+	fmt.Fprintf(w, "Auth:     %d/%d (accepted/rejected)\n", s.AuthOK, s.AuthFail)
+	fmt.Fprintf(w, "\n%s\n", slotHead)
+	if !slots {
+		return
+	}
+	for _, r := range s.Sessions {
+		secs := int64(s.Now.Sub(r.Start) / time.Second)
+		target := "0.0.0.0"
+		if r.Target.IsValid() {
+			target = r.Target.Addr().String()
+		}
+		fmt.Fprintf(w, "%6d %-5d %-8s %-5s %02d:%02d %-15s %-15s %4d %8d %8d %7.1f %s\n",
+			r.Slot, r.Pid, r.State, flag(r.Auth), secs/60, secs%60, r.Src.Addr(), target,
+			r.Transaction, r.ClientRx, r.ServerRx, kbps(r, secs), r.Ident)
+	}
 }
+
+// slotHead is the header of the human layout's session table.
+const slotHead = "  slot pid   state    flags time  source          target          trns   cli_rx   srv_rx    kbps ident"
 
 // uptime is "11d 21h 28m 22s".
 func uptime(d time.Duration) string {
@@ -178,73 +255,67 @@ func uptime(d time.Duration) string {
 	return fmt.Sprintf("%dd %dh %dm %ds", sec/86400, sec%86400/3600, sec%3600/60, sec%60)
 }
 
-// The session table's columns.
-const tableHead = "%-4s %-7s %-8s %-8s %-5s %6s %-39s %-39s %4s %10s %10s %7s %s\n"
-
-func humanTable(w io.Writer, s *snapshot) {
-	fmt.Fprintf(w, tableHead, "slot", "pid", "id", "state", "flags", "time",
-		"source", "target", "trns", "cli_rx", "srv_rx", "kbps", "ident")
-	for i, r := range s.Sessions {
-		target := "-"
-		if r.Target.IsValid() {
-			target = r.Target.String()
-		}
-		ident := r.Ident
-		if ident == "" {
-			ident = "-"
-		}
-		fmt.Fprintf(w, "%-4d %-7d %-8d %-8s %-5s %6d %-39s %-39s %4d %10d %10d %7.1f %s\n",
-			i, r.Pid, r.ID, r.State, flags(r.Auth), int64(s.Now.Sub(r.Start)/time.Second),
-			r.Src, target, r.Transaction, r.ClientRx, r.ServerRx, kbps(r, s.Now), ident)
+// flag is a session's flag in 1.4's table: A the client authenticated,
+// a the MTA offers AUTH, "." neither.
+func flag(auth int) string {
+	switch {
+	case auth&2 != 0:
+		return "A"
+	case auth&1 != 0:
+		return "a"
 	}
+	return "."
 }
 
-// flags are the session's flags: a (the MTA offers AUTH), A (the client
-// authenticated); "-" for none.
-func flags(auth int) string {
-	f := ""
-	if auth&1 != 0 {
-		f += "a"
-	}
-	if auth&2 != 0 {
-		f += "A"
-	}
-	if f == "" {
-		f = "-"
-	}
-	return f
-}
-
-// kbps is the session's average speed since it started, both ways, in
-// kilobits per second.
-func kbps(r liveRow, now time.Time) float64 {
-	secs := now.Sub(r.Start).Seconds()
+// kbps is 1.4's speed of a session secs old: kilobits (of 1024 bits)
+// per second received from the client; 0 in its first second.
+func kbps(r liveRow, secs int64) float64 {
 	if secs <= 0 {
 		return 0
 	}
-	return float64(r.ClientRx+r.ServerRx) * 8 / 1000 / secs
+	return float64(r.ClientRx) * 8 / 1024 / float64(secs)
 }
 
-// flat writes the status as "key: value" lines; with sessions, a
-// slot.N.* group per live session.
-func flat(w io.Writer, s *snapshot, sessions bool) {
+// flat is 1.4's flat layout: "key: value" lines, 1.4's keys first, then
+// those of this version; with slots, a slot.N.* group per live session,
+// N its slot number.
+func flat(w io.Writer, s *snapshot, slots bool) {
 	kv := func(k string, v any) { fmt.Fprintf(w, "%s: %v\n", k, v) }
 	kv("version", s.Version)
-	kv("pid", s.Pid)
-	kv("time.now", s.Now.Unix())
-	kv("time.start", s.Started.Unix())
-	kv("time.restart", s.Reloaded.Unix())
-	kv("uptime", int64(s.Now.Sub(s.Started)/time.Second))
+	kv("time.dump.unix", unixTime(s.Now))
+	kv("time.dump.string", stamp(s.Now))
+	kv("time.start.unix", unixTime(s.Started))
+	kv("time.start.string", stamp(s.Started))
+	kv("time.restart.unix", unixTime(s.Reloaded))
+	kv("time.restart.string", stamp(s.Reloaded))
+	kv("uptime.ticks", int64(s.Now.Sub(s.Started)/time.Second))
+	kv("uptime.string", uptime(s.Now.Sub(s.Started)))
+	resourceLine(w, s)
 	kv("children.current", s.Current)
-	kv("children.max", s.Max)
+	kv("children.max", s.Peak)
+	kv("children.crashes", s.Crashes)
+	kv("children.crash_last", unixTime(s.CrashLast))
+	kv("children.bugs", s.Bugs)
+	kv("children.bug_last", unixTime(s.BugLast))
 	kv("found.viruses", s.Viruses)
-	kv("found.spam", s.Spam)
+	kv("found.spams", s.Spam)
+	kv("found.noauths", s.NoAuth)
+	kv("found.spf", s.SPF)
+	kv("found.regex", s.Regex)
+	kv("found.earlytalk", s.Earlytalk)
 	kv("requests.total", s.Requests)
 	kv("requests.direct", s.Direct)
 	kv("requests.empty", s.Empty)
 	for i, k := range rejectKinds {
 		kv("rejects."+k, s.Rejects[i])
 	}
+	kv("errors.pipeline", s.Pipeline)
+	kv("auth.accepts", s.AuthOK)
+	kv("auth.rejects", s.AuthFail)
+
+	// This version's own.
+	kv("pid", s.Pid)
+	kv("children.limit", s.Limit)
 	kv("sessions.lost", s.Lost)
 	kv("bytes.client", s.ClientBytes)
 	kv("bytes.server", s.ServerBytes)
@@ -256,18 +327,20 @@ func flat(w io.Writer, s *snapshot, sessions bool) {
 	for _, by := range causes {
 		kv("closed."+by, s.Closes[by])
 	}
-	if !sessions {
+	if !slots {
 		return
 	}
 	kv("slots.used", len(s.Sessions))
-	for i, r := range s.Sessions {
-		p := fmt.Sprintf("slot.%d.", i)
+	for _, r := range s.Sessions {
+		p := fmt.Sprintf("slot.%d.", r.Slot)
 		kv(p+"pid", r.Pid)
-		kv(p+"id", r.ID)
+		kv(p+"start.unix", r.Start.Unix())
+		kv(p+"start.string", stamp(r.Start))
 		kv(p+"state", r.State)
-		kv(p+"flags", flags(r.Auth))
-		kv(p+"time", int64(s.Now.Sub(r.Start)/time.Second))
 		kv(p+"src.ip", r.Src.Addr())
+		kv(p+"flags", flag(r.Auth))
+		secs := int64(s.Now.Sub(r.Start) / time.Second)
+		kv(p+"id", r.ID)
 		kv(p+"src.port", r.Src.Port())
 		if r.Target.IsValid() {
 			kv(p+"dst.ip", r.Target.Addr())
@@ -276,10 +349,49 @@ func flat(w io.Writer, s *snapshot, sessions bool) {
 			kv(p+"dst.ip", "")
 			kv(p+"dst.port", "")
 		}
+		kv(p+"time", secs)
 		kv(p+"trns", r.Transaction)
 		kv(p+"cli_rx", r.ClientRx)
 		kv(p+"srv_rx", r.ServerRx)
-		kv(p+"kbps", fmt.Sprintf("%.1f", kbps(r, s.Now)))
+		kv(p+"kbps", fmt.Sprintf("%.1f", kbps(r, secs)))
 		kv(p+"ident", r.Ident)
 	}
+}
+
+// The table of `smtpgatectl sessions`.
+const tableHead = "%-4s %-7s %-8s %-8s %-5s %6s %-39s %-39s %4s %10s %10s %7s %s\n"
+
+// sessionTable is `smtpgatectl sessions`: a row per live session, with
+// its id (for `smtpgatectl kill`) and full addresses.
+func sessionTable(w io.Writer, s *snapshot) {
+	fmt.Fprintf(w, tableHead, "slot", "pid", "id", "state", "flags", "time",
+		"source", "target", "trns", "cli_rx", "srv_rx", "kbps", "ident")
+	for _, r := range s.Sessions {
+		target := "-"
+		if r.Target.IsValid() {
+			target = r.Target.String()
+		}
+		ident := r.Ident
+		if ident == "" {
+			ident = "-"
+		}
+		secs := int64(s.Now.Sub(r.Start) / time.Second)
+		fmt.Fprintf(w, "%-4d %-7d %-8d %-8s %-5s %6d %-39s %-39s %4d %10d %10d %7.1f %s\n",
+			r.Slot, r.Pid, r.ID, r.State, flag(r.Auth), secs,
+			r.Src, target, r.Transaction, r.ClientRx, r.ServerRx, kbps(r, secs), ident)
+	}
+}
+
+// statsLine is 1.4's summary line at stop: uptime, the peak of sessions,
+// crashes and bugs (count@time), found viruses/spam/no-auth/spf, requests
+// and rejects (host/ident/lock/dnsbl/regex/rate/ratelimit/other).
+func statsLine(s *snapshot) string {
+	sec := int64(s.Now.Sub(s.Started) / time.Second)
+	r := s.Rejects
+	return fmt.Sprintf("uptime=%dd%dh%dm%ds maxchildren=%d crash=%d@%d bugs=%d@%d found=%d/%d/%d/%d "+
+		"requests=%d/%d/%d rejects=%d/%d/%d/%d/%d/%d/%d/%d",
+		sec/86400, sec%86400/3600, sec%3600/60, sec%60, s.Peak,
+		s.Crashes, unixTime(s.CrashLast), s.Bugs, unixTime(s.BugLast),
+		s.Viruses, s.Spam, s.NoAuth, s.SPF, s.Requests, s.Direct, s.Empty,
+		r[0], r[1], r[2], r[3], s.Regex, r[4], r[5], r[6])
 }

@@ -37,7 +37,7 @@ func prometheus(w io.Writer, s *snapshot) {
 	metric("start_time_seconds", "gauge", "Unix time the daemon started.", val(s.Started.Unix()))
 	metric("reload_time_seconds", "gauge", "Unix time of the last configuration reload (the start if none).", val(s.Reloaded.Unix()))
 	metric("sessions", "gauge", "Sessions open now.", val(s.Current))
-	metric("sessions_max", "gauge", "max_connections.", val(s.Max))
+	metric("sessions_max", "gauge", "max_connections.", val(s.Limit))
 	metric("requests_total", "counter", "Connections accepted.", val(s.Requests))
 	metric("direct_sessions_total", "counter", "Sessions that ended as a direct proxy (STARTTLS, auth_skip direct).", val(s.Direct))
 	metric("empty_sessions_total", "counter", "Sessions that ended without a mail transaction.", val(s.Empty))

@@ -24,6 +24,7 @@ type liveRow struct {
 	Start  time.Time
 	Worker string // "session 1"
 	Pid    int    // the worker's pid
+	Slot   int    // the session's slot number
 }
 
 // opsState is what master counts for the status file and `smtpgatectl
@@ -46,6 +47,7 @@ func (m *master) countClose(by string) {
 }
 
 // countEnd books a session a worker reports ended. Called with m.mu held.
+// What happened in it counts once per session, whatever the worker says.
 func (m *master) countEnd(e *ipc.SessionEnd) {
 	m.countClose(string(e.By))
 	m.ops.clientBytes += e.ClientRx
@@ -53,6 +55,35 @@ func (m *master) countEnd(e *ipc.SessionEnd) {
 	// A message is found spam once: no more than the session's
 	// transactions, whatever the worker says.
 	m.ops.spam += uint64(min(max(e.Spam, 0), max(e.Transacts, 0)))
+	c := &m.count
+	one := func(n *uint64, yes bool) {
+		if yes {
+			*n++
+		}
+	}
+	one(&c.authOK, e.Auth&2 != 0)
+	one(&c.authFail, e.Auth&4 != 0)
+	one(&c.noAuth, e.Events&ipc.EventNoAuth != 0)
+	one(&c.spf, e.Events&ipc.EventSPF != 0)
+	one(&c.regex, e.Events&ipc.EventRegex != 0)
+	one(&c.earlytalk, e.Events&ipc.EventEarlytalk != 0)
+	one(&c.pipeline, e.Events&ipc.EventPipeline != 0)
+	// A rate of connections closes the session (rejects.rate); other
+	// rate limits refuse commands.
+	one(&c.rateRefused, e.Events&ipc.EventRatelimit != 0 && e.By != ipc.CloseRatelimit)
+}
+
+// takeSlot gives a new session a slot number below max_connections,
+// from the highest down as 1.4 numbered them; a slot is used again once
+// its session ended. Called with m.mu held.
+func (m *master) takeSlot() int {
+	if n := len(m.freeSlots); n > 0 {
+		s := m.freeSlots[n-1]
+		m.freeSlots = m.freeSlots[:n-1]
+		return s
+	}
+	m.slotsUsed++
+	return m.maxConnections - m.slotsUsed
 }
 
 // liveSessions asks every session worker for its sessions and joins the
@@ -125,7 +156,7 @@ func (m *master) liveSessions() []liveRow {
 			}
 			r = ipc.SessionRow{ID: id, State: ipc.StateUnknown}
 		}
-		rows = append(rows, liveRow{SessionRow: r, Src: s.src, Start: s.start, Worker: s.worker.String(), Pid: s.worker.pid})
+		rows = append(rows, liveRow{SessionRow: r, Src: s.src, Start: s.start, Worker: s.worker.String(), Pid: s.worker.pid, Slot: s.slot})
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].ID < rows[j].ID })
 	return rows

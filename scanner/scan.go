@@ -194,9 +194,8 @@ func (e *engine) logScan(q *ipc.Scan, v *ipc.Verdict, size int64, spamRan bool, 
 	if v.Err != "" {
 		fmt.Fprintf(&b, " err=%q", v.Err)
 	}
+	// The session writes 1.4's SCAN:VIRUS or SPAM:FOUND line at notice.
 	switch v.Kind {
-	case ipc.VerdictVirus, ipc.VerdictSpam:
-		e.log.Noticef("%s", b.String())
 	case ipc.VerdictError:
 		e.log.Errf("%s", b.String())
 	default:

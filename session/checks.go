@@ -7,11 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
@@ -57,9 +60,28 @@ func (w *worker) dnsblListed(c *conn) (zone, answer string) {
 		w.log.Warningf("[%d] dnsbl: %s", c.id, a.Err)
 	}
 	if a.Zone != "" {
-		w.log.Noticef("[%d] DNSBL: %v is listed in %s (%s)", c.id, c.src.Addr(), a.Zone, a.Answer)
+		w.log.Eventf(logx.Notice, "DNSBL:FOUND domain=%s.%s, answer=%s, src=%v, id=%d",
+			reverseName(c.src.Addr()), a.Zone, a.Answer, c.src.Addr(), c.id)
 	}
 	return a.Zone, a.Answer
+}
+
+// reverseName is addr as a DNSBL zone is asked about it: the octets of
+// an IPv4 address, the nibbles of an IPv6 one, in reverse order.
+func reverseName(addr netip.Addr) string {
+	var parts []string
+	if addr.Is4() {
+		b := addr.As4()
+		for i := 3; i >= 0; i-- {
+			parts = append(parts, strconv.Itoa(int(b[i])))
+		}
+	} else {
+		b := addr.As16()
+		for i := 15; i >= 0; i-- {
+			parts = append(parts, strconv.FormatUint(uint64(b[i]&0xf), 16), strconv.FormatUint(uint64(b[i]>>4), 16))
+		}
+	}
+	return strings.Join(parts, ".")
 }
 
 // dnsblText is the reply to a listed client, as 1.4 wrote it:
@@ -131,19 +153,20 @@ func (e *engine) mailChecks(addr string) error {
 		e.log.Warningf("[%d] SPF: %v: not checked", c.id, err)
 		return nil
 	}
-	why := ""
+	// 1.4's line, then the outcome and the session's id.
+	spf := fmt.Sprintf("SPF:%s ip=%v, helo=%s, from=%s", a.Result, ip, e.helo, addr)
 	if a.Err != "" {
-		why = " (" + a.Err + ")"
+		spf += ", reason=" + a.Err
 	}
 	if a.Result != "fail" {
-		e.log.Infof("[%d] SPF %s: <%s> from %v, helo %q%s", c.id, a.Result, addr, ip, e.helo, why)
+		e.log.Eventf(logx.Info, "%s, id=%d", spf, c.id)
 		return nil
 	}
 	if cfg.SpfLogOnly {
-		e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: accepted (spf_log_only)", c.id, addr, ip, e.helo, why)
+		e.log.Eventf(logx.Notice, "%s, action=accepted (spf_log_only), id=%d", spf, c.id)
 		return nil
 	}
-	e.log.Noticef("[%d] SPF fail: <%s> from %v, helo %q%s: refused", c.id, addr, ip, e.helo, why)
+	e.log.Eventf(logx.Notice, "%s, action=refused, id=%d", spf, c.id)
 	e.found(config.LockSPF, addr)
 	// 1.4's reply has room for a detail, which it never filled: "-".
 	return e.refuse("MAIL", ipc.CloseSpf, 550, "5.7.1", cfg.MsgSpfReject+": -", cfg.MsgSpfReject)

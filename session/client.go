@@ -101,12 +101,12 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	switch cmd.Verb {
 	case "HELO", "EHLO":
 		if cfg.LogHelo {
-			e.log.Infof("[%d] %s %s", e.c.id, cmd.Verb, cmd.Arg)
+			e.log.Alwaysf("%s src=%v, ident=%s, helo=%s, id=%d", cmd.Verb, e.c.src.Addr(), e.c.ident, cmd.Arg, e.c.id)
 		}
 		// Whatever auth_skip says, as in 1.4: it exempts MAIL FROM and
 		// RCPT TO only.
 		if refused(cfg.RegexEnforceHeloRE, cfg.RegexRejectHeloRE, cmd.Arg) {
-			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] %s %q refused by regex", e.c.id, cmd.Verb, cmd.Arg)
+			e.rep.Eventf(e.log, logx.Notice, "refused by regex", "REGEX:REJECT src=%v, ident=%s, helo=%s, id=%d", e.c.src.Addr(), e.c.ident, cmd.Arg, e.c.id)
 			e.foundRegex(cmd.Verb, cmd.Arg)
 			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexHelo, cfg.MsgRegexHelo)
 		}
@@ -114,11 +114,12 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	case "MAIL":
 		addr := e.address(cmd.Arg, "FROM:")
 		if e.authRequired() {
+			e.c.events.Or(ipc.EventNoAuth)
 			e.local(cmd.Verb, 530, "5.7.0", cfg.MsgAuthRequired)
 			return nil
 		}
 		if !skipRegex && refused(cfg.RegexEnforceMailFromRE, cfg.RegexRejectMailFromRE, addr) {
-			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] MAIL FROM <%s> refused by regex", e.c.id, addr)
+			e.rep.Eventf(e.log, logx.Notice, "refused by regex", "REGEX:REJECT mail=%s, id=%d", addr, e.c.id)
 			e.foundRegex(cmd.Verb, addr)
 			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexMailFrom, cfg.MsgRegexMailFrom)
 		}
@@ -129,7 +130,7 @@ func (e *engine) command(cmd smtp.Command, line []byte) error {
 	case "RCPT":
 		addr := e.address(cmd.Arg, "TO:")
 		if !skipRegex && refused(cfg.RegexEnforceRcptToRE, cfg.RegexRejectRcptToRE, addr) {
-			e.rep.Logf(e.log, logx.Notice, "refused by regex", "[%d] RCPT TO <%s> refused by regex", e.c.id, addr)
+			e.rep.Eventf(e.log, logx.Notice, "refused by regex", "REGEX:REJECT rcpt=%s, id=%d", addr, e.c.id)
 			e.foundRegex(cmd.Verb, addr)
 			return e.refuse(cmd.Verb, ipc.CloseRegex, 550, "5.7.1", cfg.MsgRegexRcptTo, cfg.MsgRegexRcptTo)
 		}
@@ -248,6 +249,7 @@ func (e *engine) send(verb, arg string, line []byte, done chan struct{}) (*pendi
 	full := e.cfg.PipelineSize > 0 && uint64(e.forward) >= e.cfg.PipelineSize
 	e.mu.Unlock()
 	if full {
+		e.c.events.Or(ipc.EventPipeline)
 		e.rep.Logf(e.log, logx.Notice, "pipeline full", "[%d] pipeline full (%d commands outstanding): %s refused", e.c.id, e.cfg.PipelineSize, verb)
 		p.local = e.reply(451, "4.5.3", e.cfg.MsgPipelineFull)
 		e.enqueue(p)

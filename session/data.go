@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
@@ -162,7 +165,7 @@ func (e *engine) message() error {
 	start := time.Now()
 	e.c.setState(stScan)
 	v := e.scan(sp, size, st)
-	e.log.Infof("[%d] message %d: %d bytes, verdict %s%s (%v)", e.c.id, e.c.trns.Load(), size, v.Kind, verdictDetail(v), time.Since(start).Round(time.Millisecond))
+	e.logVerdict(v, size, time.Since(start))
 	switch v.Kind {
 	case ipc.VerdictClean:
 		leave := cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways)
@@ -220,16 +223,46 @@ func (e *engine) message() error {
 	return errTakeover
 }
 
-func verdictDetail(v *ipc.Verdict) string {
+// logVerdict writes 1.4's SCAN: and SPAM: lines of a message of size
+// bytes (after dot-unstuffing) that took d to judge: the virus scan's
+// outcome, then the spam scan's unless a virus was found. 1.4's fields
+// come first, then the session's id and transaction.
+func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
+	cfg, c := e.cfg, e.c
+	who := fmt.Sprintf("src=%v, ident=%s", c.src.Addr(), c.ident)
+	secs := int64(d / time.Second)
+	ours := fmt.Sprintf(", id=%d, trns=%d", c.id, c.trns.Load())
+	// failed: the scanner name failed, or the scan never reached one.
+	failed := func(name string) bool {
+		return v.Kind == ipc.VerdictError && (strings.Contains(v.Err, name+":") || len(v.Scanned) == 0)
+	}
+	av := cfg.AntivirusType.String()
 	switch {
 	case v.Kind == ipc.VerdictVirus:
-		return " " + v.Name
-	case v.Kind == ipc.VerdictError:
-		return ": " + v.Err
-	case v.Score != 0:
-		return fmt.Sprintf(" score %.1f", v.Score)
+		e.log.Eventf(logx.Notice, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
+		return
+	case cfg.AntivirusType != config.AntivirusOff && failed(av):
+		e.log.Eventf(logx.Err, "SCAN:FAILED size=%d, time=%d, %s, result=%s%s", size, secs, who, v.Err, ours)
+	case slices.Contains(v.Scanned, av):
+		e.log.Eventf(logx.Info, "SCAN:CLEAN size=%d, time=%d, %s%s", size, secs, who, ours)
+	default:
+		e.log.Eventf(logx.Info, "SCAN:SKIPPED size=%d, %s%s", size, who, ours)
 	}
-	return ""
+	spam := fmt.Sprintf("size=%d, time=%d, %s, score=%f%s", size, secs, who, v.Score, ours)
+	switch {
+	case cfg.AntispamType == config.AntispamOff:
+		e.log.Eventf(logx.Info, "SPAM:SKIPPED %s", spam)
+	case failed("spamd"):
+		e.log.Eventf(logx.Err, "SPAM:FAILED %s", spam)
+	case v.Kind == ipc.VerdictSpam:
+		e.log.Eventf(logx.Notice, "SPAM:FOUND %s", spam)
+	case slices.Contains(v.Scanned, "spamd"):
+		e.log.Eventf(logx.Info, "SPAM:CLEAN %s", spam)
+	case cfg.SpamMaxSize == 0:
+		// spam_max_size 0 turns antispam off without a line, as in 1.4.
+	default:
+		e.log.Eventf(logx.Info, "SPAM:SKIPPED size=%d, %s%s", size, who, ours)
+	}
 }
 
 // release sends the final dot: the MTA's reply to it goes to the client.

@@ -238,7 +238,7 @@ func (e *engine) greet(idle time.Duration) bool {
 	}
 	if e.cfg.Earlytalker && e.earlyTalker() {
 		e.setBy("earlytalker")
-		e.log.Noticef("[%d] earlytalker: %v sent a command before the greeting", e.c.id, e.c.src)
+		e.log.Eventf(logx.Notice, "FOUND:EARLYTALK src=%v ident=%s, id=%d", e.c.src.Addr(), e.c.ident, e.c.id)
 		e.found(config.LockEarlytalker, "")
 		e.closeMTA()
 		e.cw.Write(e.reply(554, "", e.cfg.MsgEarlytalker))
@@ -569,6 +569,7 @@ func (e *engine) answer(r *smtp.Reply, over string) bool {
 	case "AUTH":
 		switch {
 		case r.Code == 235:
+			e.log.Eventf(logx.Debug, "AUTH:ACCEPT src=%v, ident=%s, id=%d", e.c.src.Addr(), e.c.ident, e.c.id)
 			e.authed = true
 			e.c.authFlag.Or(authAccepted)
 			if e.cfg.AuthSkip.Has(config.AuthSkipDirect) {
@@ -576,6 +577,7 @@ func (e *engine) answer(r *smtp.Reply, over string) bool {
 				stop = true
 			}
 		case r.Code >= 400:
+			e.log.Eventf(logx.Notice, "AUTH:REJECT [%d] src=%v, ident=%s, id=%d", r.Code, e.c.src.Addr(), e.c.ident, e.c.id)
 			e.c.authFlag.Or(authRejected)
 		}
 	case "STARTTLS":
@@ -630,7 +632,15 @@ func (e *engine) logAddr(what string, mask config.LogAddr, arg string, r *smtp.R
 		sum := md5.Sum([]byte(addr))
 		addr = base64.StdEncoding.EncodeToString(sum[:])
 	}
-	e.log.Infof("[%d] %s <%s> %d", e.c.id, what, addr, r.Code)
+	// 1.4's lines, then the session's id.
+	switch {
+	case what == "RCPT TO":
+		e.log.Alwaysf("RCPT TO: %d<%s>, id=%d", r.Code, addr, e.c.id)
+	case accepted:
+		e.log.Alwaysf("MAIL FROM <%s>, id=%d", addr, e.c.id)
+	default:
+		e.log.Alwaysf("MAIL FROM <%s> rejected [%d], id=%d", addr, r.Code, e.c.id)
+	}
 }
 
 // address is the address of a MAIL FROM or RCPT TO argument as 1.4 took

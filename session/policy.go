@@ -110,7 +110,7 @@ func (w *worker) admitSession(c *conn) bool {
 			w.log.Errf("[%d] %v: lock and rate limits unknown: %v: refused for now", c.id, c.src, err)
 			return earlyReject(c, "lockd", 421, cfg.MsgTempUnavail)
 		case a.Locked:
-			w.log.Noticef("[%d] %v is locked (%s): refused", c.id, c.src, a.Cause)
+			w.log.Eventf(logx.Notice, "LOCK:LOCKED src=%v, ident=%s, cause=%s, id=%d", c.src.Addr(), identOrDash(c.ident), a.Cause, c.id)
 			return earlyReject(c, "lock", 554, cfg.MsgVirusLocked)
 		case a.Over != "":
 			// As in 1.4, a count that is no rejection locks no one.
@@ -180,6 +180,7 @@ func (w *worker) found(c *conn, event config.LockOn, detail string) {
 }
 
 func (w *worker) report(c *conn, f *ipc.Found) {
+	c.events.Or(eventBits[f.Event])
 	if !c.cfg.WantsEvent(f.Event) {
 		return
 	}
@@ -199,6 +200,23 @@ func (w *worker) report(c *conn, f *ipc.Found) {
 	if a := m.Payload.(*ipc.Ack); a.Err != "" {
 		w.log.Warningf("[%d] lockd: %s: %s", c.id, f.Event, a.Err)
 	}
+}
+
+// identOrDash is an ident as 1.4's LOCK: lines show it: "-" for none.
+func identOrDash(ident string) string {
+	if ident == "" {
+		return "-"
+	}
+	return ident
+}
+
+// eventBits are the events of the status file's counters that a lock_on
+// event is.
+var eventBits = map[config.LockOn]uint32{
+	config.LockSPF:         ipc.EventSPF,
+	config.LockRegex:       ipc.EventRegex,
+	config.LockEarlytalker: ipc.EventEarlytalk,
+	config.LockRatelimit:   ipc.EventRatelimit,
 }
 
 // found is worker.found with what the dialogue knows.

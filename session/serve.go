@@ -121,16 +121,20 @@ func (w *worker) finish(c *conn) {
 	if c.killed.Load() {
 		c.by = "killed"
 	}
+	// 1.4's fields, then ours.
 	secs := int64(time.Since(c.start) / time.Second)
-	tag := "CLOSE"
 	if c.direct {
-		tag = "CLOSE:DIRECT"
+		w.log.Alwaysf("CLOSE:DIRECT by=%s rcv=%d/%d, time=%d, src=%v, ident=%s, trns=%d, rcpts=%d, auth=%d, src_port=%d, id=%d",
+			c.by, c.cliRx.Load(), c.srvRx.Load(), secs, c.src.Addr(), c.ident,
+			c.trns.Load(), c.rcpts, c.authFlag.Load(), c.src.Port(), c.id)
+	} else {
+		w.log.Alwaysf("CLOSE by=%s, rcv=%d/%d, trns=%d, rcpts=%d, auth=%d, time=%d, src=%v, ident=%s, src_port=%d, id=%d",
+			c.by, c.cliRx.Load(), c.srvRx.Load(), c.trns.Load(), c.rcpts, c.authFlag.Load(), secs,
+			c.src.Addr(), c.ident, c.src.Port(), c.id)
 	}
-	w.log.Infof("%s by=%s, rcv=%d/%d, trns=%d, rcpts=%d, auth=%d, time=%d, src=%v, ident=%s, id=%d",
-		tag, c.by, c.cliRx.Load(), c.srvRx.Load(), c.trns.Load(), c.rcpts, c.authFlag.Load(), secs, c.src, c.ident, c.id)
 	trns := int(c.trns.Load())
 	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
-		Direct: c.direct, Empty: trns == 0, Transacts: trns, Spam: c.spam}
+		Direct: c.direct, Empty: trns == 0, Transacts: trns, Spam: c.spam, Auth: int(c.authFlag.Load()), Events: c.events.Load()}
 	if err := w.master.Send(ipc.MsgSessionEnd, end); err != nil {
 		w.log.Errf("[%d] telling master the session ended: %v", c.id, err)
 	}

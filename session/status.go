@@ -55,6 +55,7 @@ type live struct {
 	trns     atomic.Int32  // transactions (DATA answered 354)
 	authFlag atomic.Int32  // authAdvertised | authAccepted | authRejected
 	killed   atomic.Bool   // ended by `smtpgatectl kill`
+	events   atomic.Uint32 // ipc.Event* bits, for master's counters
 
 	// ctx ends with the session, or when it is killed: look-ups, the
 	// connection to the MTA and the scanner's verdict wait on it.

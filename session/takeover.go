@@ -5,6 +5,7 @@ import (
 	"net"
 	"time"
 
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
@@ -27,11 +28,15 @@ func (e *engine) takeover() {
 	}
 	e.c.setState(stTakeover)
 	e.pushClient() // the reply that started the takeover
+	// MAIL is answered with the reason the takeover started.
+	e.mu.Lock()
 	reason := cfg.MsgVirusNoMore
 	if e.reason != "" {
 		reason = e.reason
 	}
-	e.log.Warningf("[%d] SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s", e.c.id, e.c.src, e.c.ident, e.c.trns.Load(), reason)
+	e.mu.Unlock()
+	e.log.Eventf(logx.Notice, "SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s, id=%d",
+		e.c.src.Addr(), e.c.ident, e.c.trns.Load(), reason, e.c.id)
 	var deadline time.Time
 	if cfg.TimeoutSession > 0 {
 		deadline = time.Now().Add(time.Duration(cfg.TimeoutSession) * time.Second)

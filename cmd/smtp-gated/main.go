@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -261,7 +260,7 @@ func printVersion(w io.Writer, defines bool) {
 	fmt.Fprintln(w, "SMTP Transparent AV proxy")
 	line("version", version.Version)
 	line("helper protocol version", fmt.Sprintf("0x%x", rphd.Version))
-	line("compile date", buildDate())
+	line("compile date", version.BuildDate())
 	if !defines {
 		return
 	}
@@ -273,28 +272,6 @@ func printVersion(w io.Writer, defines bool) {
 	line("go version", runtime.Version())
 	line("system", runtime.GOOS+"/"+runtime.GOARCH)
 	line("ipc catalogue version", strconv.Itoa(ipc.Version))
-}
-
-// buildDate is when the source was committed (UTC), or when the binary
-// without version control information was written (local time), in the
-// layout of C's __DATE__ __TIME__: "Dec  2 2026 13:42:32".
-func buildDate() string {
-	const layout = "Jan _2 2006 15:04:05"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.time" {
-				if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
-					return t.UTC().Format(layout)
-				}
-			}
-		}
-	}
-	if p, err := os.Executable(); err == nil {
-		if fi, err := os.Stat(p); err == nil {
-			return fi.ModTime().Format(layout)
-		}
-	}
-	return "unknown"
 }
 
 // runChild is the start of a child process executed by master.

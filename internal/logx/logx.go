@@ -138,8 +138,28 @@ func (l *Logger) logf(level int, format string, a ...any) {
 	if !l.Enabled(level) {
 		return
 	}
+	l.write(level, l.prefix+fmt.Sprintf(format, a...))
+}
+
+// Alwaysf writes one of the lines 1.4 wrote whatever log_level said
+// (its LOG_ALWAYS: NEW, CLOSE, the MAIL FROM and RCPT TO addresses, HELO),
+// at notice. Like Eventf, the line starts with its tag.
+func (l *Logger) Alwaysf(format string, a ...any) {
+	l.write(Notice, fmt.Sprintf(format, a...))
+}
+
+// Eventf writes an event line of 1.4's ("SCAN:VIRUS size=...", "SESSION
+// TAKEOVER: ..."), if level is enabled. The line starts with its tag,
+// without the process's prefix, so that the log watchers of 1.4 read it.
+func (l *Logger) Eventf(level int, format string, a ...any) {
+	if !l.Enabled(level) {
+		return
+	}
+	l.write(level, fmt.Sprintf(format, a...))
+}
+
+func (l *Logger) write(level int, msg string) {
 	o := l.out
-	msg := l.prefix + fmt.Sprintf(format, a...)
 	// One call is one line, whatever the arguments hold (Escape).
 	msg = Escape(strings.TrimRight(msg, "\n"))
 	if o.sys != nil {

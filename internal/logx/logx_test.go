@@ -47,3 +47,26 @@ func TestJournal(t *testing.T) {
 		t.Errorf("a child told by master (%s=1) does not know it runs under systemd", EnvSystemd)
 	}
 }
+
+// The lines of 1.4's LOG_ALWAYS are written at notice whatever the level;
+// they and the event lines start with their tag, without the process's
+// prefix; event lines obey the level.
+func TestAlwaysAndEvents(t *testing.T) {
+	var b strings.Builder
+	root := To(&b, Warning)
+	l := root.With("session 0: ")
+	l.Alwaysf("CLOSE by=%s, src=%s", "quit", "192.0.2.1\nX")
+	l.Eventf(Notice, "SPAM:FOUND score=%.3f", 9.5)
+	l.Eventf(Warning, "SCAN:VIRUS virus=%s", "Eicar")
+	l.Noticef("not at level warning")
+	want := "notice: CLOSE by=quit, src=192.0.2.1\\x0aX\nwarning: SCAN:VIRUS virus=Eicar\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	root.SetLevel(Err)
+	l.Alwaysf("NEW (1/1)")
+	if b.String() != "notice: NEW (1/1)\n" {
+		t.Errorf("at log_level err: %q", b.String())
+	}
+}

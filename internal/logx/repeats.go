@@ -37,6 +37,14 @@ func (r *Repeats) Logf(l *Logger, level int, kind, format string, a ...any) {
 	l.logf(level, format, a...)
 }
 
+// Eventf is Logf for an event line of 1.4's (Logger.Eventf).
+func (r *Repeats) Eventf(l *Logger, level int, kind, format string, a ...any) {
+	if !l.Enabled(level) || !r.allow(kind, level) {
+		return
+	}
+	l.Eventf(level, format, a...)
+}
+
 func (r *Repeats) allow(kind string, level int) bool {
 	max := r.Max
 	if max <= 0 {

@@ -1,7 +1,13 @@
 // Package version names this build of smtp-gated and what it supports.
 package version
 
-import "smtp-gated/internal/config"
+import (
+	"os"
+	"runtime/debug"
+	"time"
+
+	"smtp-gated/internal/config"
+)
 
 // Version of smtp-gated. The 1.4 series is the C original whose manual
 // and configuration files this one follows.
@@ -19,4 +25,26 @@ func Supported(m config.Mode) bool {
 		}
 	}
 	return false
+}
+
+// BuildDate is when the source was committed (UTC), or when the binary
+// without version control information was written (local time), in the
+// layout of C's __DATE__ __TIME__: "Dec  2 2026 13:42:32".
+func BuildDate() string {
+	const layout = "Jan _2 2006 15:04:05"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.time" {
+				if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
+					return t.UTC().Format(layout)
+				}
+			}
+		}
+	}
+	if p, err := os.Executable(); err == nil {
+		if fi, err := os.Stat(p); err == nil {
+			return fi.ModTime().Format(layout)
+		}
+	}
+	return "unknown"
 }

@@ -300,7 +300,7 @@ func (r *run) exec() {
 		if !ok {
 			r.fail("no client has connected")
 		}
-		closeRE := regexp.MustCompile(`\bCLOSE(:DIRECT)? .*\bsrc=` + regexp.QuoteMeta(src) + `(,|\s|$)`)
+		closeRE := regexp.MustCompile(`\bCLOSE(:DIRECT)? .*` + harness.CloseSrc(src))
 		line, ok := r.waitLog(closeRE, readTimeout)
 		if !ok {
 			r.fail("no CLOSE line for src=%s within %v", src, readTimeout)

@@ -166,7 +166,7 @@ func TestDNSBL(t *testing.T) {
 					t.Errorf("reply %q, want it to say %q", text, want)
 				}
 				c.ExpectClosed()
-				d.WaitLogAfter(t, mark, regexp.MustCompile(`DNSBL: .* is listed in `+regexp.QuoteMeta(tc.zone)+` `), 15*time.Second)
+				d.WaitLogAfter(t, mark, regexp.MustCompile(`DNSBL:FOUND domain=[0-9a-f.]+\.`+regexp.QuoteMeta(tc.zone)+`, answer=`), 15*time.Second)
 				d.WaitLogAfter(t, mark, regexp.MustCompile(`CLOSE by=dnsbl, `), 15*time.Second)
 				if n := sink.Connections() - before; n != 0 {
 					t.Errorf("the MTA got %d connections from a listed client", n)
@@ -261,7 +261,7 @@ func TestSPF(t *testing.T) {
 				if tc.code == 550 && (!strings.Contains(text, "5.7.1") || !strings.HasSuffix(text, "spf says no (dns test): -")) {
 					t.Errorf("<%s>: got %q, want 550 5.7.1 with msg_spf_reject", sender, text)
 				}
-				d.WaitLogAfter(t, mark, regexp.MustCompile(`SPF `+tc.result+`: <`+regexp.QuoteMeta(sender)+`> from `+regexp.QuoteMeta(ips[mode])), 10*time.Second)
+				d.WaitLogAfter(t, mark, regexp.MustCompile(`SPF:`+tc.result+` ip=`+regexp.QuoteMeta(ips[mode])+`, helo=[^,]*, from=`+regexp.QuoteMeta(sender)+`\b`), 10*time.Second)
 				if tc.code == 250 {
 					c.Cmd("RSET", 250)
 					continue
@@ -286,7 +286,7 @@ func TestSPF(t *testing.T) {
 		c.Expect(220)
 		c.Ehlo("client.spf.test")
 		c.Cmd("MAIL FROM:<alice@fail.spf.test>", 250)
-		d.WaitLog(t, regexp.MustCompile(`SPF fail: <alice@fail\.spf\.test> .*accepted \(spf_log_only\)`), 10*time.Second)
+		d.WaitLog(t, regexp.MustCompile(`SPF:fail ip=.*, from=alice@fail\.spf\.test, .*action=accepted \(spf_log_only\)`), 10*time.Second)
 		c.Quit()
 		d.Stop(t)
 	})

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -274,4 +276,15 @@ func abbrev(b []byte) string {
 		return string(b[:80]) + "..."
 	}
 	return string(b)
+}
+
+// CloseSrc is a regular expression for the client fields of the CLOSE
+// line of the session from src ("192.0.2.1:40000", "[::1]:40000"): as in
+// 1.4, src= holds the address alone, and src_port= the port after it.
+func CloseSrc(src string) string {
+	ap, err := netip.ParseAddrPort(src)
+	if err != nil {
+		return `\bsrc=` + regexp.QuoteMeta(src) + `(,|\s|$)`
+	}
+	return `\bsrc=` + regexp.QuoteMeta(ap.Addr().Unmap().String()) + `, .*\bsrc_port=` + strconv.Itoa(int(ap.Port())) + `,`
 }

@@ -411,7 +411,7 @@ func TestWorkerStringsEscaped(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{`HELO evil\xc3\xa9`, `MAIL FROM <a\xffb@example.com>`, "command line refused: control byte 0x1b"} {
+	for _, want := range []string{`helo=evil\xc3\xa9`, `MAIL FROM <a\xffb@example.com>`, "command line refused: control byte 0x1b"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("no %q in the log", want)
 		}

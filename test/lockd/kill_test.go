@@ -115,7 +115,7 @@ func TestLockdKilled(t *testing.T) {
 		t.Error(err)
 	}
 	s.pf.NotDelivered(t, token, 2*time.Second)
-	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lockd, .*src=127\.0\.0\.5:`), 5*time.Second)
+	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lockd, .*src=127\.0\.0\.5,`), 5*time.Second)
 	if n := len(regexp.MustCompile(`CLOSE by=lockd, `).FindAllString(d.Log(), -1)); n != int(tempFailed.Load())+1 {
 		t.Errorf("%d CLOSE by=lockd lines, want %d", n, tempFailed.Load()+1)
 	}

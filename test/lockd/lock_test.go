@@ -40,7 +40,7 @@ func TestVirusLock(t *testing.T) {
 		}
 		c.ExpectClosed()
 	}
-	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lock, .*src=127\.0\.0\.1:`), 5*time.Second)
+	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lock, .*src=127\.0\.0\.1,`), 5*time.Second)
 	// Another address is served, its mail delivered.
 	c := harness.DialFrom(t, "127.0.0.2", s.addr())
 	c.Expect(220)
@@ -111,7 +111,7 @@ func TestVirusLock(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("the expired lock file is still there: %v", err)
 	}
-	d.WaitLog(t, regexp.MustCompile(`UNLOCK 127\.0\.0\.1: lock expired`), 5*time.Second)
+	d.WaitLog(t, regexp.MustCompile(`LOCK:EXPIRED src=127\.0\.0\.1, ident=-, `), 5*time.Second)
 }
 
 func eq(want string) func(string) bool { return func(v string) bool { return v == want } }
@@ -202,8 +202,8 @@ func TestLockedBeforeDot(t *testing.T) {
 		t.Fatalf("reply to the final dot of a locked client: %q", r)
 	}
 	c.ExpectClosed()
-	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lock, .*src=127\.0\.0\.4:`), 5*time.Second)
-	if regexp.MustCompile(`SESSION TAKEOVER: src=127\.0\.0\.4:`).MatchString(d.Log()) {
+	d.WaitLog(t, regexp.MustCompile(`CLOSE by=lock, .*src=127\.0\.0\.4,`), 5*time.Second)
+	if regexp.MustCompile(`SESSION TAKEOVER: src=127\.0\.0\.4,`).MatchString(d.Log()) {
 		t.Errorf("a takeover session after the lock at the final dot")
 	}
 	s.pf.NotDelivered(t, token, 2*time.Second)

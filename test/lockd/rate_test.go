@@ -67,7 +67,7 @@ func send(c *harness.Client, line string) int {
 // cause by.
 func workersUsed(d *harness.Daemon, by string) int {
 	seen := map[string]bool{}
-	re := regexp.MustCompile(`(session \d+): CLOSE by=` + by + `,`)
+	re := regexp.MustCompile(`smtp-gated\[(\d+)\]: \w+: CLOSE by=` + by + `,`)
 	for _, l := range d.LogLines() {
 		if m := re.FindStringSubmatch(l); m != nil {
 			seen[m[1]] = true

@@ -538,7 +538,7 @@ func checkRelay(t *testing.T, tp *topology, mta *mtaServer, d *harness.Daemon, r
 	if on != rt.proxy.String() {
 		t.Errorf("NEW line says on=%s, want %v (the REDIRECT target)", on, rt.proxy)
 	}
-	closeRe := regexp.MustCompile(`\bCLOSE by=([^,]+), rcv=(\d+)/(\d+), .*\bsrc=` + regexp.QuoteMeta(src.String()) + `, .*\bid=` + id + `\s*$`)
+	closeRe := regexp.MustCompile(`\bCLOSE by=([^,]+), rcv=(\d+)/(\d+), .*` + harness.CloseSrc(src.String()) + ` id=` + id + `\s*$`)
 	line := d.WaitLogAfter(t, mark, closeRe, ioTimeout)
 	m := closeRe.FindStringSubmatch(line)
 	if m[2] != strconv.Itoa(c.sent.Len()) || m[3] != strconv.Itoa(c.got.Len()) {
@@ -578,7 +578,7 @@ func checkLoop(t *testing.T, tp *topology, mta *mtaServer, d *harness.Daemon, pr
 	if on != proxy.String() {
 		t.Errorf("NEW line says on=%s, want %v", on, proxy)
 	}
-	closeRe := regexp.MustCompile(`\bCLOSE by=([^,]+), .*\bsrc=` + regexp.QuoteMeta(src.String()) + `, .*\bid=` + id + `\s*$`)
+	closeRe := regexp.MustCompile(`\bCLOSE by=([^,]+), .*` + harness.CloseSrc(src.String()) + ` id=` + id + `\s*$`)
 	if line := d.WaitLogAfter(t, mark, closeRe, ioTimeout); closeRe.FindStringSubmatch(line)[1] != "loop" {
 		t.Errorf("CLOSE line of the connection to the proxy itself does not say by=loop:\n%s", line)
 	}

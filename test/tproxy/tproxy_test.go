@@ -131,7 +131,7 @@ func relay(t *testing.T, tp *topo, mta *netns.MTA, d *harness.Daemon, src netip.
 	local := conn.LocalAddr().(interface{ String() string }).String()
 	cl := netip.MustParseAddrPort(local)
 	cl = netip.AddrPortFrom(cl.Addr().Unmap(), cl.Port())
-	re := regexp.MustCompile(`\bCLOSE by=(quit|client|server), .*\bsrc=` + regexp.QuoteMeta(cl.String()) + `,`)
+	re := regexp.MustCompile(`\bCLOSE by=(quit|client|server), .*` + harness.CloseSrc(cl.String()))
 	d.WaitLogAfter(t, mark, re, 15*time.Second)
 	found := false
 	for _, l := range d.LogSince(mark) {
