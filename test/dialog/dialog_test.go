@@ -203,6 +203,7 @@ func (r *run) exec() {
 		r.conns = append(r.conns, c)
 		r.client = &peer{name: "client", conn: c, r: bufio.NewReader(c)}
 		r.addrs["${client}"] = c.LocalAddr().String()
+		r.addrs["${client_ip}"] = c.LocalAddr().(*net.TCPAddr).IP.String()
 	case "accept":
 		r.ln.SetDeadline(time.Now().Add(readTimeout))
 		c, err := r.ln.Accept()

@@ -59,7 +59,7 @@ const (
 
 // placeholders may appear in regexps; they stand for addresses known only
 // while the script runs, regexp-quoted ("127.0.0.1:40312", "[::1]:40312").
-var placeholders = []string{"${client}", "${proxy}", "${mta}"}
+var placeholders = []string{"${client}", "${client_ip}", "${proxy}", "${mta}"}
 
 // parseFile reads and parses testdata/NAME.dlg.
 func parseFile(path string) (*script, error) {

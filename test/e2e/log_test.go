@@ -18,7 +18,7 @@ func TestLogLinesAtNotice(t *testing.T) {
 	clamd := harness.Clamd(t)
 	spamd := harness.Spamd(t)
 	s := newSetup(t)
-	d := s.start(t, "log_level notice", "log_helo yes", "log_mail_from accepted,rejected", "log_rcpt_to accepted,rejected",
+	d := s.start(t, "log_level notice", "lock_on virus,spam", "log_helo yes", "log_mail_from accepted,rejected", "log_rcpt_to accepted,rejected",
 		"antivirus_type clamd", "antivirus_path "+clamd.Socket,
 		"antispam_type spamassassin", "antispam_path "+spamd.Addr, "spam_max_size 1000000", "spam_max_load 0")
 	ip := `127\.0\.0\.1`
@@ -66,11 +66,11 @@ func TestLogLinesAtNotice(t *testing.T) {
 		`notice: RCPT TO: 250<b@example\.org>, id=1`,
 		`notice: RCPT TO: 550<reject@example\.org>, id=1`,
 		`notice: SCAN:VIRUS size=\d+, time=\d+, src=` + ip + `, ident=, virus=\S+, id=1, trns=1`,
-		`notice: SESSION TAKEOVER: src=` + ip + `, ident=, trns=1, reason=virus, id=1`,
+		`notice: SESSION TAKEOVER: src=` + ip + `, ident=, trns=1, reason=Malware found \(\S+\), id=1`,
 		`notice: CLOSE by=virus, rcv=\d+/\d+, trns=1, rcpts=1, auth=1, time=\d+, src=` + ip + `, ident=, src_port=` + port + `, id=1`,
 		`notice: NEW \(\d/\d\) on=.*, id=2`,
 		`notice: SPAM:FOUND size=\d+, time=\d+, src=` + ip + `, ident=, score=\d+\.\d{6}, id=2, trns=1`,
-		`notice: SESSION TAKEOVER: src=` + ip + `, ident=, trns=1, reason=spam, id=2`,
+		`notice: SESSION TAKEOVER: src=` + ip + `, ident=, trns=1, reason=Message marked as SPAM, denied \[\d+\.\d{6}\], id=2`,
 		`notice: CLOSE by=spam, rcv=\d+/\d+, trns=1, rcpts=1, auth=1, time=\d+, src=` + ip + `, ident=, src_port=\d+, id=2`,
 		`notice: CLOSE:DIRECT by=client rcv=\d+/\d+, time=\d+, src=` + ip + `, ident=, trns=0, rcpts=0, auth=1, src_port=\d+, id=3`,
 	}

@@ -126,7 +126,7 @@ timeout_shutdown 10
 	c.Send(string(harness.DotStuff(harness.VirusMessage("a@example.com", "b@example.org", harness.Token(t)))))
 	r := c.Expect(550)
 	c.Quit()
-	virus := regexp.MustCompile(`: (\S+)$`).FindStringSubmatch(r)
+	virus := regexp.MustCompile(` \((\S+)\)$`).FindStringSubmatch(r) // "msg_virus_found (NAME)"
 	if virus == nil {
 		t.Fatalf("reply to a virus: %q", r)
 	}
