@@ -218,7 +218,7 @@ func (w *worker) connect(c *conn) (*net.TCPConn, string, error) {
 	if cfg.Spoofs(c.src.Addr()) {
 		return w.spoofConnect(c)
 	}
-	d := net.Dialer{Timeout: time.Duration(cfg.TimeoutConnect) * time.Second}
+	d := net.Dialer{Timeout: cfg.ConnectTimeout()}
 	if out := cfg.OutgoingAddr; out.IsValid() && !out.IsUnspecified() && out.Unmap().Is4() == c.dst.Addr().Unmap().Is4() {
 		d.LocalAddr = &net.TCPAddr{IP: out.AsSlice()}
 	}
