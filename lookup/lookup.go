@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"smtp-gated/internal/child"
 	"smtp-gated/internal/config"
@@ -66,7 +65,7 @@ func Run(env *child.Env) error {
 // original finds the original destination of the connection from client
 // to local (the socket is f). Kernel-specific modes live in *_GOOS.go.
 func (s *server) original(cfg *config.Config, f *os.File, client, local netip.AddrPort) (dst netip.AddrPort, ident string, err error) {
-	timeout := time.Duration(cfg.TimeoutLookup) * time.Second
+	timeout := cfg.LookupTimeout()
 	switch cfg.Mode {
 	case config.ModeNetfilter:
 		dst, err = netfilterDst(f, local)
@@ -157,7 +156,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 // helper holds up no other session.
 func (s *server) fromSession(p *ipc.Peer, m *ipc.Msg) {
 	cfg := s.cfg.Load()
-	timeout := time.Duration(cfg.TimeoutLookup) * time.Second
+	timeout := cfg.LookupTimeout()
 	var reply func() (ipc.Type, any)
 	switch q := m.Payload.(type) {
 	case *ipc.DstQuery:

@@ -179,8 +179,8 @@ func (m *master) logNew(cfg *config.Config, total, host int, local, src netip.Ad
 // logClose writes the CLOSE line of a session master ended itself (see
 // logNew): 1.4's fields, then the client's port and the session's id.
 func (m *master) logClose(by string, src netip.AddrPort, secs int64, id uint64) {
-	m.log.Alwaysf("CLOSE by=%s, rcv=0/0, trns=0, rcpts=0, auth=0, time=%d, src=%v, ident=, src_port=%d, id=%d",
-		by, secs, src.Addr(), src.Port(), id)
+	cl := logx.Close{By: by, Secs: secs, Src: src, ID: id}
+	m.log.Alwaysf("%s", cl.Line())
 }
 
 // reject answers a connection that is not admitted and closes it.

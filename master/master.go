@@ -431,7 +431,7 @@ func (m *master) shutdown() error {
 	m.mu.Unlock()
 	m.listener.Close()
 	m.closeControl()
-	bound := time.Duration(cfg.TimeoutShutdown) * time.Second
+	bound := cfg.ShutdownTimeout()
 	if n > 0 {
 		m.log.Noticef("waiting up to %v for %d sessions to finish", bound, n)
 	}

@@ -37,15 +37,6 @@ type engine struct {
 	stream antivirus
 }
 
-// seconds turns a timeout_* option into a duration; 0 would fail every
-// scan at once, so it means the documented default, 30 s.
-func seconds(n uint64) time.Duration {
-	if n == 0 {
-		return 30 * time.Second
-	}
-	return time.Duration(min(n, 1<<31)) * time.Second
-}
-
 // antivirus returns the configured virus scanner, nil when off.
 func (e *engine) antivirus() antivirus {
 	switch e.cfg.AntivirusType {
@@ -53,9 +44,9 @@ func (e *engine) antivirus() antivirus {
 		if e.stream != nil {
 			return e.stream
 		}
-		return &clamd{addr: e.cfg.AntivirusPath, timeout: seconds(e.cfg.TimeoutScanner)}
+		return &clamd{addr: e.cfg.AntivirusPath, timeout: e.cfg.ScannerTimeout()}
 	case config.AntivirusMksd:
-		return &mksd{addr: e.cfg.AntivirusPath, timeout: seconds(e.cfg.TimeoutScanner),
+		return &mksd{addr: e.cfg.AntivirusPath, timeout: e.cfg.ScannerTimeout(),
 			tempDir: e.tempDir, perm: os.FileMode(e.cfg.SpoolPerm) & os.ModePerm}
 	}
 	return nil
@@ -64,7 +55,7 @@ func (e *engine) antivirus() antivirus {
 // antispam returns the configured spam scanner, nil when off.
 func (e *engine) antispam() *spamd {
 	if e.cfg.AntispamType == config.AntispamSpamassassin {
-		return &spamd{addr: e.cfg.AntispamPath, timeout: seconds(e.cfg.TimeoutSpam)}
+		return &spamd{addr: e.cfg.AntispamPath, timeout: e.cfg.SpamTimeout()}
 	}
 	return nil
 }

@@ -267,17 +267,6 @@ func openFDs(t *testing.T) int {
 	return len(ents)
 }
 
-func TestSeconds(t *testing.T) {
-	for _, tc := range []struct {
-		n    uint64
-		want time.Duration
-	}{{0, 30 * time.Second}, {1, time.Second}, {30, 30 * time.Second}} {
-		if got := seconds(tc.n); got != tc.want {
-			t.Errorf("seconds(%d) = %v, want %v", tc.n, got, tc.want)
-		}
-	}
-}
-
 // A spool file shorter than the message the session says it holds (writes
 // not flushed before MsgScan) is an error, never a clean verdict on part
 // of the message. Longer is fine (and Size 0 means unknown).

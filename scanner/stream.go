@@ -116,8 +116,8 @@ func (t *streams) start(p *ipc.Peer, e *engine, q *ipc.ScanStart, f *os.File) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &stream{
 		key: streamKey{p, q.SessionID, q.Transaction}, log: e.log, f: f,
-		header: cfg.SpoolHeader, addr: cfg.AntivirusPath, timeout: seconds(cfg.TimeoutScanner),
-		maxSize: cfg.ScanMaxSize, idle: seconds(cfg.TimeoutIdle) + seconds(cfg.TimeoutScanner),
+		header: cfg.SpoolHeader, addr: cfg.AntivirusPath, timeout: cfg.ScannerTimeout(),
+		maxSize: cfg.ScanMaxSize, idle: cfg.IdleTimeout() + cfg.ScannerTimeout(),
 		ctx: ctx, cancel: cancel, finish: make(chan int64, 1), done: make(chan struct{}),
 	}
 	t.mu.Lock()
@@ -453,5 +453,5 @@ func (s *stream) antivirus(cfg *config.Config) antivirus {
 	if cfg.AntivirusType != config.AntivirusClamd {
 		return nil
 	}
-	return &streamed{s: s, fallback: &clamd{addr: cfg.AntivirusPath, timeout: seconds(cfg.TimeoutScanner)}}
+	return &streamed{s: s, fallback: &clamd{addr: cfg.AntivirusPath, timeout: cfg.ScannerTimeout()}}
 }

@@ -27,7 +27,7 @@ import (
 // process: the lookup process's own timeout (remote-udp: one per query),
 // and a margin, so that its answer, which says why, normally comes first.
 func lookupBudget(cfg *config.Config) time.Duration {
-	t := time.Duration(cfg.TimeoutLookup) * time.Second
+	t := cfg.LookupTimeout()
 	if cfg.Mode == config.ModeRemoteUDP {
 		t *= time.Duration(max(cfg.RemoteUdpRetries, 1))
 	}
@@ -226,7 +226,7 @@ func (w *worker) spoofConnect(c *conn) (*net.TCPConn, string, error) {
 		return nil, cfg.MsgCannotConnect, err
 	}
 	if errors.Is(cerr, unix.EINPROGRESS) {
-		f.SetWriteDeadline(time.Now().Add(time.Duration(cfg.TimeoutConnect) * time.Second))
+		f.SetWriteDeadline(config.Deadline(cfg.ConnectTimeout()))
 		cerr = nil
 		werr := rc.Write(func(fd uintptr) bool {
 			if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || v != 0 {

@@ -274,7 +274,7 @@ func (e *engine) pushServer() error {
 	if e.sw.Buffered() == 0 {
 		return nil
 	}
-	e.srv.SetWriteDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+	e.srv.SetWriteDeadline(time.Now().Add(e.cfg.IdleTimeout()))
 	if err := e.sw.Flush(); err != nil {
 		e.setBy("server")
 		return err
@@ -342,7 +342,7 @@ func (e *engine) auth(line []byte) error {
 			}
 			return nil
 		}
-		e.cli.SetReadDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+		e.cli.SetReadDeadline(time.Now().Add(e.cfg.IdleTimeout()))
 		var tooLong bool
 		line, tooLong, err = smtp.ReadLine(e.cr, max(e.maxLine(), 16384))
 		if err != nil {

@@ -59,7 +59,7 @@ func (e *engine) natHeader() []byte {
 func (e *engine) message() error {
 	cfg := e.cfg
 	e.c.setState(stData)
-	idle := time.Duration(cfg.TimeoutIdle) * time.Second
+	idle := cfg.IdleTimeout()
 	e.srv.SetWriteDeadline(time.Now().Add(idle))
 	var fwdErr error
 	if h := e.natHeader(); h != nil {
@@ -352,7 +352,7 @@ func (e *engine) askScanner(sp *spoolFile, size int64, st *scanStream) *ipc.Verd
 		return fail(err)
 	}
 	defer f.Close()
-	wait := time.Duration(cfg.TimeoutScanner+cfg.TimeoutSpam)*time.Second + 5*time.Second
+	wait := cfg.ScannerTimeout() + cfg.SpamTimeout() + 5*time.Second
 	ctx, cancel := context.WithTimeout(e.c.ctx, wait)
 	defer cancel()
 	req := &ipc.Scan{SessionID: e.c.id, Transaction: int(e.c.trns.Load()), Size: size, Client: e.c.src, Skip: skip}

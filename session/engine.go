@@ -114,7 +114,7 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 	if bufSize < 512 {
 		bufSize = 512
 	}
-	clock := newIdleClock(time.Duration(cfg.TimeoutIdle) * time.Second)
+	clock := newIdleClock(cfg.IdleTimeout())
 	cliIdle, srvIdle := newIdleReader(c.client, clock), newIdleReader(server, clock)
 	in := &pushback{r: counter{cliIdle, &c.cliRx}}
 	e := &engine{
@@ -179,7 +179,7 @@ func (e *engine) setBy(by ipc.CloseCause) {
 
 // run drives the session after the connection to the MTA is made.
 func (e *engine) run() {
-	idle := time.Duration(e.cfg.TimeoutIdle) * time.Second
+	idle := e.cfg.IdleTimeout()
 	if !e.greet(idle) {
 		return
 	}
@@ -435,7 +435,7 @@ func (e *engine) pushClient() {
 }
 
 func (e *engine) flushClient() {
-	e.cli.SetWriteDeadline(time.Now().Add(time.Duration(e.cfg.TimeoutIdle) * time.Second))
+	e.cli.SetWriteDeadline(time.Now().Add(e.cfg.IdleTimeout()))
 	e.cw.Flush()
 }
 

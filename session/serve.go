@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
 )
@@ -121,17 +122,10 @@ func (w *worker) finish(c *conn) {
 	if c.killed.Load() {
 		c.by = "killed"
 	}
-	// 1.4's fields, then ours.
-	secs := int64(time.Since(c.start) / time.Second)
-	if c.direct {
-		w.log.Alwaysf("CLOSE:DIRECT by=%s rcv=%d/%d, time=%d, src=%v, ident=%s, trns=%d, rcpts=%d, auth=%d, src_port=%d, id=%d",
-			c.by, c.cliRx.Load(), c.srvRx.Load(), secs, c.src.Addr(), c.ident,
-			c.trns.Load(), c.rcpts, c.authFlag.Load(), c.src.Port(), c.id)
-	} else {
-		w.log.Alwaysf("CLOSE by=%s, rcv=%d/%d, trns=%d, rcpts=%d, auth=%d, time=%d, src=%v, ident=%s, src_port=%d, id=%d",
-			c.by, c.cliRx.Load(), c.srvRx.Load(), c.trns.Load(), c.rcpts, c.authFlag.Load(), secs,
-			c.src.Addr(), c.ident, c.src.Port(), c.id)
-	}
+	cl := logx.Close{Direct: c.direct, By: string(c.by), ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
+		Trns: int64(c.trns.Load()), Rcpts: int64(c.rcpts), Auth: int64(c.authFlag.Load()),
+		Secs: int64(time.Since(c.start) / time.Second), Src: c.src, Ident: c.ident, ID: c.id}
+	w.log.Alwaysf("%s", cl.Line())
 	trns := int(c.trns.Load())
 	end := &ipc.SessionEnd{ID: c.id, By: c.by, ClientRx: c.cliRx.Load(), ServerRx: c.srvRx.Load(),
 		Direct: c.direct, Empty: trns == 0, Transacts: trns, Spam: c.spam, Auth: int(c.authFlag.Load()), Events: c.events.Load()}
@@ -218,7 +212,7 @@ func (w *worker) connect(c *conn) (*net.TCPConn, string, error) {
 	if cfg.Spoofs(c.src.Addr()) {
 		return w.spoofConnect(c)
 	}
-	d := net.Dialer{Timeout: time.Duration(cfg.TimeoutConnect) * time.Second}
+	d := net.Dialer{Timeout: cfg.ConnectTimeout()}
 	if out := cfg.OutgoingAddr; out.IsValid() && !out.IsUnspecified() && out.Unmap().Is4() == c.dst.Addr().Unmap().Is4() {
 		d.LocalAddr = &net.TCPAddr{IP: out.AsSlice()}
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"time"
 
+	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/smtp"
 	"smtp-gated/ipc"
@@ -37,11 +38,7 @@ func (e *engine) takeover() {
 	e.mu.Unlock()
 	e.log.Eventf(logx.Notice, "SESSION TAKEOVER: src=%v, ident=%s, trns=%d, reason=%s, id=%d",
 		e.c.src.Addr(), e.c.ident, e.c.trns.Load(), reason, e.c.id)
-	var deadline time.Time
-	if cfg.TimeoutSession > 0 {
-		deadline = time.Now().Add(time.Duration(cfg.TimeoutSession) * time.Second)
-	}
-	e.cli.SetReadDeadline(deadline)
+	e.cli.SetReadDeadline(config.Deadline(cfg.SessionTimeout()))
 	for n := 1; ; n++ {
 		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
 		if err != nil {
@@ -115,7 +112,7 @@ func (e *engine) quitMTA() {
 		select {
 		case <-done:
 		case <-e.srvDone:
-		case <-time.After(time.Duration(e.cfg.TimeoutIdle) * time.Second):
+		case <-time.After(e.cfg.IdleTimeout()):
 			e.log.Warningf("[%d] the MTA did not answer QUIT within timeout_idle", e.c.id)
 		}
 	}
@@ -160,6 +157,6 @@ func (e *engine) goDirect() {
 	}
 	e.cli.SetDeadline(time.Time{})
 	e.srv.SetDeadline(time.Time{})
-	by := relayInto(e.cli, e.srv, time.Duration(e.cfg.TimeoutDirect)*time.Second, &e.c.cliRx, &e.c.srvRx)
+	by := relayInto(e.cli, e.srv, e.cfg.DirectTimeout(), &e.c.cliRx, &e.c.srvRx)
 	e.setBy(by)
 }

@@ -193,6 +193,9 @@ func (c *Config) check(file string, lines map[string]int) error {
 	zero("timeout_idle", c.TimeoutIdle,
 		"would close every session at once (as smtp-gated 1.4 did), not turn the timeout off",
 		"a number of seconds, 1 or more")
+	zero("timeout_direct", c.TimeoutDirect,
+		"would close every direct session (after STARTTLS) at once (as smtp-gated 1.4 did), not turn the timeout off",
+		"a number of seconds, 1 or more")
 	if c.PipelineSize < pipelineMin {
 		c.Warnings = append(c.Warnings, (&Error{File: file, Line: lines["pipeline_size"], Option: "pipeline_size",
 			Msg: fmt.Sprintf("%d raised to %d, the least value", c.PipelineSize, pipelineMin)}).Error())
