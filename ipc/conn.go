@@ -94,6 +94,25 @@ func Pair() (a, b *os.File, err error) {
 	return os.NewFile(uintptr(fds[0]), "ipc"), os.NewFile(uintptr(fds[1]), "ipc"), nil
 }
 
+// ConnPair returns the two ends of a new Pair as Conns, for a process
+// that keeps both (a test plays the other process).
+func ConnPair() (a, b *Conn, err error) {
+	fa, fb, err := Pair()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer fa.Close()
+	defer fb.Close()
+	if a, err = NewConn(fa); err != nil {
+		return nil, nil, err
+	}
+	if b, err = NewConn(fb); err != nil {
+		a.Close()
+		return nil, nil, err
+	}
+	return a, b, nil
+}
+
 // NewConn makes a Conn from a SOCK_SEQPACKET socket. f is duplicated and
 // may be closed by the caller.
 func NewConn(f *os.File) (*Conn, error) {

@@ -78,16 +78,8 @@ func samples() map[Type]any {
 // connPair returns the two ends of a fresh Pair as Conns.
 func connPair(t testing.TB) (a, b *Conn) {
 	t.Helper()
-	fa, fb, err := Pair()
+	a, b, err := ConnPair()
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer fa.Close()
-	defer fb.Close()
-	if a, err = NewConn(fa); err != nil {
-		t.Fatal(err)
-	}
-	if b, err = NewConn(fb); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })

@@ -17,17 +17,7 @@ import (
 // worker's end.
 func workerLink(t *testing.T, s *server, worker int) *ipc.Peer {
 	t.Helper()
-	a, b, err := ipc.Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := ipc.NewConn(a)
-	a.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := ipc.NewConn(b)
-	b.Close()
+	ca, cb, err := ipc.ConnPair()
 	if err != nil {
 		t.Fatal(err)
 	}

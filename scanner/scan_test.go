@@ -184,17 +184,7 @@ func TestDispatch(t *testing.T) {
 	lb := &logBuf{}
 	s := &server{env: &child.Env{Role: ipc.RoleScanner, Log: logx.To(lb, logx.Debug)}}
 	s.cfg.Store(testConfig()) // no scanner: clean, and quick
-	a, b, err := ipc.Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := ipc.NewConn(a)
-	a.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := ipc.NewConn(b)
-	b.Close()
+	ca, cb, err := ipc.ConnPair()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -439,17 +439,7 @@ func dispatchPair(t *testing.T, cfg *config.Config) (*server, *ipc.Peer) {
 	t.Helper()
 	s := &server{env: &child.Env{Role: ipc.RoleScanner, Log: logx.To(&logBuf{}, logx.Debug)}}
 	s.cfg.Store(cfg)
-	a, b, err := ipc.Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := ipc.NewConn(a)
-	a.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := ipc.NewConn(b)
-	b.Close()
+	ca, cb, err := ipc.ConnPair()
 	if err != nil {
 		t.Fatal(err)
 	}

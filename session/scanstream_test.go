@@ -45,17 +45,7 @@ func TestStreamed(t *testing.T) {
 // records what it receives.
 func scannerLink(t *testing.T) (*ipc.Peer, chan *ipc.Msg) {
 	t.Helper()
-	a, b, err := ipc.Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := ipc.NewConn(a)
-	a.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := ipc.NewConn(b)
-	b.Close()
+	ca, cb, err := ipc.ConnPair()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,23 +40,10 @@ func newRig(b *testing.B, extra ...string) *rig {
 	_, sport, _ := net.SplitHostPort(sink.Addr())
 	dir := harness.DaemonDir(b, "sgb-") // the children run unprivileged
 	port := harness.FreePort(b)
-	cfg := fmt.Sprintf(`mode fixed
-fixed_server 127.0.0.1
-fixed_server_port %s
-bind_address 127.0.0.1
-port %d
-pidfile %s/pid
-control_socket %s/ctl.sock
-statefile %s/state
-spool_path %s/spool
-lock_path %s/lock
-ratelimit_path %s/ratelimit
-max_connections 5000
+	cfg := harness.FixedConfig(sport, port, dir) + `max_connections 5000
 max_per_host 5000
 log_level info
-max_load 0
-%s
-`, sport, port, dir, dir, dir, dir, dir, dir, strings.Join(extra, "\n"))
+` + strings.Join(extra, "\n") + "\n"
 	d := harness.StartDaemon(b, cfg)
 	return &rig{sink: sink, daemon: d, proxy: fmt.Sprintf("127.0.0.1:%d", port)}
 }

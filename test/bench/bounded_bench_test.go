@@ -21,22 +21,10 @@ func BenchmarkPipelinedNOOPSilentMTA(b *testing.B) {
 	_, mport, _ := net.SplitHostPort(harness.SilentMTA(b))
 	dir := harness.DaemonDir(b, "sgb-")
 	port := harness.FreePort(b)
-	d := harness.StartDaemon(b, fmt.Sprintf(`mode fixed
-fixed_server 127.0.0.1
-fixed_server_port %s
-bind_address 127.0.0.1
-port %d
-pidfile %s/pid
-control_socket %s/ctl.sock
-statefile %s/state
-spool_path %s/spool
-lock_path %s/lock
-ratelimit_path %s/ratelimit
-session_workers 1
+	d := harness.StartDaemon(b, harness.FixedConfig(mport, port, dir)+`session_workers 1
 log_level debug
-max_load 0
 timeout_idle 10
-`, mport, port, dir, dir, dir, dir, dir, dir))
+`)
 	d.WaitLog(b, regexp.MustCompile(`master: session 0 ready`), 10*time.Second)
 	workers := d.SessionWorkers()
 	if len(workers) != 1 {

@@ -18,23 +18,10 @@ func silentSetup(t *testing.T, extra string) (*harness.Daemon, string, int) {
 	_, mport, _ := net.SplitHostPort(harness.SilentMTA(t))
 	dir := harness.DaemonDir(t, "sge-")
 	port := harness.FreePort(t)
-	d := harness.StartDaemon(t, fmt.Sprintf(`mode fixed
-fixed_server 127.0.0.1
-fixed_server_port %s
-bind_address 127.0.0.1
-port %d
-pidfile %s/pid
-control_socket %s/ctl.sock
-statefile %s/state
-spool_path %s/spool
-lock_path %s/lock
-ratelimit_path %s/ratelimit
-session_workers 1
+	d := harness.StartDaemon(t, harness.FixedConfig(mport, port, dir)+`session_workers 1
 log_level debug
-max_load 0
 timeout_idle 5
-%s
-`, mport, port, dir, dir, dir, dir, dir, dir, extra))
+`+extra+"\n")
 	d.WaitLog(t, regexp.MustCompile(`master: session 0 ready`), 10*time.Second)
 	w := d.SessionWorkers()
 	if len(w) != 1 {

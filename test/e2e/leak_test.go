@@ -44,23 +44,11 @@ func TestNoDescriptorLeak(t *testing.T) {
 	_, sport, _ := net.SplitHostPort(sink.Addr())
 	dir := harness.DaemonDir(t, "sge-")
 	s := &setup{dir: dir, port: harness.FreePort(t)}
-	cfg := fmt.Sprintf(`mode fixed
-fixed_server 127.0.0.1
-fixed_server_port %s
-bind_address 127.0.0.1
-port %d
-pidfile %s/pid
-control_socket %s/ctl.sock
-statefile %s/state
-session_workers 2
+	cfg := harness.FixedConfig(sport, s.port, s.dir) + `session_workers 2
 max_per_host 1000
 max_connections 1000
 log_level notice
-max_load 0
-lock_path %s/lock
-ratelimit_path %s/ratelimit
-spool_path %s/spool
-`, sport, s.port, s.dir, s.dir, s.dir, s.dir, s.dir, s.dir)
+`
 	d := harness.StartDaemon(t, cfg)
 	pids := append([]int{d.Pid()}, children(t, d)["session"]...)
 	count := func() map[int][2]int {

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -48,4 +49,24 @@ func DaemonDir(t testing.TB, prefix string) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	os.Chmod(dir, 0o755)
 	return dir
+}
+
+// FixedConfig is the start of a configuration for a daemon in mode fixed
+// in front of the MTA on 127.0.0.1:mtaPort, listening on 127.0.0.1:port,
+// with every file it writes under dir (from DaemonDir). Callers append
+// their own lines.
+func FixedConfig(mtaPort string, port int, dir string) string {
+	return fmt.Sprintf(`mode fixed
+fixed_server 127.0.0.1
+fixed_server_port %s
+bind_address 127.0.0.1
+port %d
+pidfile %[3]s/pid
+control_socket %[3]s/ctl.sock
+statefile %[3]s/state
+spool_path %[3]s/spool
+lock_path %[3]s/lock
+ratelimit_path %[3]s/ratelimit
+max_load 0
+`, mtaPort, port, dir)
 }
