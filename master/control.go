@@ -158,15 +158,42 @@ func (m *master) serveControl() {
 		}
 		go func() {
 			defer func() { <-slot }()
-			f := os.NewFile(uintptr(fd), "control")
-			c, err := net.FileConn(f)
-			f.Close()
+			c, err := m.ctlConn(fd)
 			if err != nil {
 				m.log.Errf("control socket: %v", err)
 				return
 			}
-			m.control(c.(*net.UnixConn))
+			m.control(c)
 		}()
+	}
+}
+
+// ctlConn makes a connection of the accepted descriptor fd, which it
+// takes. Making it duplicates the descriptor: while master has none free,
+// it tries again with a growing delay (for at most ctlCommandTimeout), so that
+// the caller waits rather than loses its connection.
+func (m *master) ctlConn(fd int) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), "control")
+	defer f.Close()
+	var delay time.Duration
+	give := time.Now().Add(ctlCommandTimeout)
+	for {
+		c, err := net.FileConn(f)
+		if err == nil {
+			return c.(*net.UnixConn), nil
+		}
+		if !errors.Is(err, unix.EMFILE) && !errors.Is(err, unix.ENFILE) || time.Now().After(give) {
+			return nil, err
+		}
+		if delay == 0 {
+			m.log.Errf("control socket: %v; retrying", err)
+		}
+		delay = min(max(2*delay, 10*time.Millisecond), time.Second)
+		select {
+		case <-time.After(delay):
+		case <-m.quit:
+			return nil, err
+		}
 	}
 }
 
