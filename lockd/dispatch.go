@@ -63,10 +63,10 @@ func (s *server) fromSession(worker int, p *ipc.Peer, m *ipc.Msg) {
 	case *ipc.Policy:
 		go func() {
 			var a *ipc.PolicyAnswer
-			if r, err := s.checkPolicy(worker, v); err != nil {
+			if _, err := s.checkPolicy(worker, v); err != nil {
 				a = &ipc.PolicyAnswer{Err: s.refusal(worker, v.ID, err)}
-			} else if a = s.policy(v); a.Err == "" && !a.Locked && a.Over == "" {
-				s.took(r, v.Take)
+			} else {
+				a = s.policy(v)
 			}
 			if err := p.Reply(m, ipc.MsgPolicyAnswer, a); err != nil {
 				s.log.Errf("[%d] reply to %s: %v", v.ID, p.Name, err)

@@ -33,15 +33,12 @@ const (
 	spoolSlack     = 64 << 10
 )
 
-// sessRec is master's record of one session, and what lockd counted for
-// it: the messages and recipients it took, which a negative delta may
-// give back, no more.
+// sessRec is master's record of one session.
 type sessRec struct {
 	worker int
 	client netip.AddrPort
 	local  netip.AddrPort
 	ident  string
-	taken  [nCounters]int64
 }
 
 // sessions is the table of registered sessions.
@@ -177,10 +174,10 @@ func (s *server) reportBreach(worker int, id uint64, rule string) {
 }
 
 // checkPolicy checks a worker's Policy request: its session, and its
-// deltas. Each delta is one SMTP event: a message or a recipient counted
-// (+1) or given back (-1, no more than the session took), one refusal,
-// one connection, or the bytes of one message (at most size_limit). Take
-// names each counter once.
+// deltas. Each delta is one SMTP event: a message or a recipient counted,
+// one refusal, one connection, or the bytes of one message (at most
+// size_limit); nothing is given back (as in 1.4, a message or recipient
+// the MTA refused stays counted). Take names each counter once.
 func (s *server) checkPolicy(worker int, q *ipc.Policy) (*sessRec, error) {
 	r, err := s.verify(&claim{worker: worker, id: q.ID, client: q.Client, ident: q.Ident})
 	if err != nil {
@@ -190,21 +187,13 @@ func (s *server) checkPolicy(worker int, q *ipc.Policy) (*sessRec, error) {
 	if sl := s.cfg.Load().SizeLimit; sl > 0 {
 		maxBytes = int64(sl) + spoolSlack
 	}
-	give := map[int]int64{}
 	for _, d := range q.Add {
-		i := counterIndex(d.Name)
-		lo, hi := int64(0), int64(1)
-		switch d.Name {
-		case ipc.RateMessages, ipc.RateRecipients:
-			lo = -1
-		case ipc.RateBytes:
+		hi := int64(1)
+		if d.Name == ipc.RateBytes {
 			hi = maxBytes
 		}
-		if i < 0 || d.N < lo || d.N > hi {
+		if counterIndex(d.Name) < 0 || d.N < 0 || d.N > hi {
 			return nil, &breachError{fmt.Sprintf("rate-limit delta %s %d is more than one SMTP event gives", d.Name, d.N)}
-		}
-		if d.N < 0 {
-			give[i]++
 		}
 	}
 	seen := map[string]bool{}
@@ -214,29 +203,7 @@ func (s *server) checkPolicy(worker int, q *ipc.Policy) (*sessRec, error) {
 		}
 		seen[n] = true
 	}
-	s.sess.mu.Lock()
-	defer s.sess.mu.Unlock()
-	for i, n := range give {
-		if r.taken[i] < n {
-			return nil, &breachError{fmt.Sprintf("gives back %d %s, the session took %d", n, counterNames[i], r.taken[i])}
-		}
-	}
-	for i, n := range give {
-		r.taken[i] -= n
-	}
 	return r, nil
-}
-
-// took books the counters a session was counted for, which it may give
-// back later.
-func (s *server) took(r *sessRec, take []string) {
-	s.sess.mu.Lock()
-	for _, n := range take {
-		if i := counterIndex(n); i >= 0 {
-			r.taken[i]++
-		}
-	}
-	s.sess.mu.Unlock()
 }
 
 // checkFound checks a worker's Found: its session, client, local address

@@ -99,8 +99,8 @@ func TestSessionRules(t *testing.T) {
 		want string // "" for served
 	}{
 		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Take: []string{ipc.RateMessages, ipc.RateRecipients}}, ""},
-		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Add: []ipc.Delta{{Name: ipc.RateMessages, N: -1}, {Name: ipc.RateBytes, N: 900}}}, ""},
-		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Add: []ipc.Delta{{Name: ipc.RateMessages, N: -1}}}, "gives back 1 messages, the session took 0"},
+		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Add: []ipc.Delta{{Name: ipc.RateMailfromRejects, N: 1}, {Name: ipc.RateBytes, N: 900}}}, ""},
+		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Add: []ipc.Delta{{Name: ipc.RateMessages, N: -1}}}, "rate-limit delta messages -1"},
 		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Add: []ipc.Delta{{Name: ipc.RateBytes, N: 1000 + spoolSlack + 1}}}, "more than one SMTP event"},
 		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Add: []ipc.Delta{{Name: ipc.RateRcpttoRejects, N: 2}}}, "more than one SMTP event"},
 		{ipc.Policy{ID: 7, Client: cli4, Ident: "alice", Take: []string{ipc.RateMessages, ipc.RateMessages}}, "taken twice"},
@@ -118,7 +118,7 @@ func TestSessionRules(t *testing.T) {
 			t.Errorf("%+v: breach not logged: %q", tc.q, logged)
 		}
 	}
-	if r := s.testRecord(t, cli4, "alice"); r.Count[counterIndex(ipc.RateMessages)] != 0 || r.Count[counterIndex(ipc.RateBytes)] != 900 {
+	if r := s.testRecord(t, cli4, "alice"); r.Count[counterIndex(ipc.RateMessages)] != 1 || r.Count[counterIndex(ipc.RateBytes)] != 900 {
 		t.Errorf("counts after the forgeries: %v", r.Count)
 	}
 	if _, err := os.Stat(s.cfg.Load().RatelimitPath + "/192.0.2.2"); err == nil {

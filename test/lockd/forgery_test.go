@@ -247,9 +247,9 @@ func TestWorkerForgeries(t *testing.T) {
 			call(t, w.lockd, ipc.MsgPolicy, &ipc.Policy{ID: y.id, Client: y.src, Add: []ipc.Delta{{Name: ipc.RateRecipients, N: 1000}}})
 			return `rate-limit delta recipients 1000`
 		}},
-		{"messages given back that were never taken", func(t *testing.T, w *stolen, y *liveSession) string {
+		{"messages given back", func(t *testing.T, w *stolen, y *liveSession) string {
 			call(t, w.lockd, ipc.MsgPolicy, &ipc.Policy{ID: y.id, Client: y.src, Add: []ipc.Delta{{Name: ipc.RateMessages, N: -1}}})
-			return `gives back 1 messages, the session took 0`
+			return `rate-limit delta messages -1 is more than one SMTP event gives`
 		}},
 		{"unknown close cause", func(t *testing.T, w *stolen, y *liveSession) string {
 			w.master.Send(ipc.MsgSessionEnd, 1, false, &ipc.SessionEnd{ID: y.id, By: "quit\nsmtp-gated: CLOSE by=forged"})
