@@ -69,16 +69,9 @@ func CloseCauses() []CloseCause {
 }
 
 // DecodeMsgpack refuses a cause that is not in the catalogue.
-func (c *CloseCause) DecodeMsgpack(dec *msgpack.Decoder) error {
-	s, err := dec.DecodeString()
-	if err != nil {
-		return err
-	}
-	if !CloseCause(s).Valid() {
-		return fmt.Errorf("unknown close cause %q", clipQuote(s))
-	}
-	*c = CloseCause(s)
-	return nil
+func (c *CloseCause) DecodeMsgpack(dec *msgpack.Decoder) (err error) {
+	*c, err = decodeWord(dec, "close cause", CloseCause.Valid)
+	return err
 }
 
 // SessionState is the state of a live session as its worker reports it for
@@ -118,16 +111,22 @@ var sessionStates = map[SessionState]bool{
 func (s SessionState) Valid() bool { return sessionStates[s] }
 
 // DecodeMsgpack refuses a state that is not in the catalogue.
-func (s *SessionState) DecodeMsgpack(dec *msgpack.Decoder) error {
-	v, err := dec.DecodeString()
+func (s *SessionState) DecodeMsgpack(dec *msgpack.Decoder) (err error) {
+	*s, err = decodeWord(dec, "session state", SessionState.Valid)
+	return err
+}
+
+// decodeWord reads a value of a closed list of words: one that valid
+// refuses is an error naming what it was to be.
+func decodeWord[T ~string](dec *msgpack.Decoder, what string, valid func(T) bool) (T, error) {
+	s, err := dec.DecodeString()
 	if err != nil {
-		return err
+		return "", err
 	}
-	if !SessionState(v).Valid() {
-		return fmt.Errorf("unknown session state %q", clipQuote(v))
+	if !valid(T(s)) {
+		return "", fmt.Errorf("unknown %s %q", what, clipQuote(s))
 	}
-	*s = SessionState(v)
-	return nil
+	return T(s), nil
 }
 
 // clipQuote shortens a refused value for an error message.
@@ -195,15 +194,16 @@ const (
 )
 
 // DecodeMsgpack refuses a kind that is not one of the above.
-func (k *VerdictKind) DecodeMsgpack(dec *msgpack.Decoder) error {
-	s, err := dec.DecodeString()
-	if err != nil {
-		return err
-	}
-	switch v := VerdictKind(s); v {
+func (k *VerdictKind) DecodeMsgpack(dec *msgpack.Decoder) (err error) {
+	*k, err = decodeWord(dec, "verdict kind", VerdictKind.Valid)
+	return err
+}
+
+// Valid reports whether k is one of the kinds above.
+func (k VerdictKind) Valid() bool {
+	switch k {
 	case VerdictClean, VerdictVirus, VerdictSpam, VerdictError:
-		*k = v
-		return nil
+		return true
 	}
-	return fmt.Errorf("unknown verdict kind %q", clipQuote(s))
+	return false
 }
