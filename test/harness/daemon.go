@@ -486,6 +486,16 @@ func (d *Daemon) kill() {
 		case <-d.exited:
 		case <-time.After(10 * time.Second):
 		}
+		// SIGKILL is delivered, not yet acted on: a child reparented to
+		// init may still be running for a moment after its master is
+		// reaped. The test that started them has not ended until they
+		// are gone.
+		deadline := time.Now().Add(10 * time.Second)
+		for _, p := range victims {
+			for pidAlive(p, 0) && time.Now().Before(deadline) {
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
 	})
 }
 
