@@ -80,7 +80,7 @@ wait_for() {
 }
 
 write_conf() {
-	mkdir -p "$D/db"
+	mkdir -p "$D/db" "$D/tmp"
 	# clamd (user clamav) must traverse DIR: mktemp -d makes it 0700.
 	chmod 755 "$D"
 	local ehex mhex
@@ -101,6 +101,9 @@ User clamav
 Foreground yes
 PidFile $PIDF
 LogFile $D/clamd.log
+# A scan that ends early (a client gone mid-stream, clamd stopped) can
+# leave its temporary file behind: here it goes with DIR.
+TemporaryDirectory $D/tmp
 LogTime yes
 DatabaseDirectory $D/db
 OfficialDatabaseOnly no
