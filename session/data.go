@@ -347,11 +347,10 @@ func (e *engine) askScanner(sp *spoolFile, size int64, st *scanStream) *ipc.Verd
 	if link == nil {
 		return fail(errors.New("the scanner process is not available"))
 	}
-	f, err := sp.reopen()
+	f, err := sp.readOnly()
 	if err != nil {
 		return fail(err)
 	}
-	defer f.Close()
 	wait := cfg.ScannerTimeout() + cfg.SpamTimeout() + 5*time.Second
 	ctx, cancel := context.WithTimeout(e.c.ctx, wait)
 	defer cancel()

@@ -38,12 +38,11 @@ func (e *engine) startScan(sp *spoolFile) *scanStream {
 	if link == nil {
 		return nil // scan says why at the dot
 	}
-	f, err := sp.reopen()
+	f, err := sp.readOnly()
 	if err != nil {
 		e.log.Debugf("[%d] scan stream: %v", e.c.id, err)
 		return nil
 	}
-	defer f.Close()
 	st := &scanStream{link: link, id: e.c.id, trns: int(e.c.trns.Load())}
 	q := &ipc.ScanStart{SessionID: st.id, Transaction: st.trns, Client: e.c.src}
 	var serr error

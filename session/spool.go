@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"smtp-gated/internal/config"
 )
@@ -69,7 +70,11 @@ type spoolFile struct {
 	s    *spool
 	name string
 	f    *os.File
-	err  error
+	// ro is the same file open read-only, made with it: what the scanner
+	// gets (a descriptor of its own, with its own offset), ready before
+	// the final dot.
+	ro  *os.File
+	err error
 	// max is the most message bytes the file holds (spool_max_size): a
 	// longer message is not scanned, and its file goes as soon as it is
 	// too long. n counts the message bytes written.
@@ -104,7 +109,7 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 		if i > 0 {
 			sp.name = fmt.Sprintf("%s.%d", base, i)
 		}
-		f, err := os.OpenFile(sp.path(), os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, s.perm)
+		f, err := openFile(sp.path(), unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, s.perm)
 		if errors.Is(err, os.ErrExist) && i < 100 {
 			continue
 		}
@@ -116,6 +121,13 @@ func (s *spool) create(c *conn) (*spoolFile, error) {
 		sp.f = f
 		break
 	}
+	ro, err := openFile(sp.path(), unix.O_RDONLY, 0)
+	if err != nil {
+		sp.err = fmt.Errorf("open %s read-only: %w", sp.hostPath(), err)
+		sp.remove()
+		return sp, sp.err
+	}
+	sp.ro = ro
 	// trns: the transactions before this one, as in 1.4, which made the
 	// file before the MTA's 354 counted the message.
 	sp.writeRaw(fmt.Appendf(nil, "%s: src=%v, ident=%s, dst=%v, trns=%d\r\n", c.cfg.SpoolHeader, c.src, c.ident, c.dst, max(c.trns.Load()-1, 0)))
@@ -159,6 +171,10 @@ func (sp *spoolFile) keep(leave bool) {
 	}
 	sp.f.Close()
 	sp.f = nil
+	if sp.ro != nil {
+		sp.ro.Close()
+		sp.ro = nil
+	}
 	if !leave {
 		os.Remove(sp.path())
 	}
@@ -167,11 +183,23 @@ func (sp *spoolFile) keep(leave bool) {
 // remove closes and removes the spool file.
 func (sp *spoolFile) remove() { sp.keep(false) }
 
-// reopen opens the spool file again, read-only, for the scanner: a
-// descriptor of its own, with its own offset.
-func (sp *spoolFile) reopen() (*os.File, error) {
-	if sp == nil || sp.s == nil || sp.s.err != nil || sp.name == "" {
+// readOnly is the spool file open read-only, for the scanner. It stays
+// the spool file's: the caller does not close it.
+func (sp *spoolFile) readOnly() (*os.File, error) {
+	if sp == nil || sp.ro == nil {
 		return nil, errors.New("no spool file")
 	}
-	return os.OpenFile(sp.path(), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	return sp.ro, nil
+}
+
+// openFile opens path, never following a link, close-on-exec. A regular
+// file is never ready or not ready, so the descriptor is left blocking
+// and out of the runtime's poller (os.OpenFile would try to add it, and
+// then take it out again, four system calls per file).
+func openFile(path string, flags int, perm os.FileMode) (*os.File, error) {
+	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(perm))
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
