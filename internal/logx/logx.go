@@ -38,6 +38,7 @@ type Logger struct {
 // output is what loggers derived by With share.
 type output struct {
 	tag    string
+	head   string // "tag[pid]: ", made once: getpid is a system call
 	level  atomic.Int32
 	mu     sync.Mutex
 	sys    *syslog.Writer
@@ -91,6 +92,9 @@ func journalStderr() bool {
 // reads the journal); the facility is the unit's SyslogFacility=.
 func New(tag string, facility, level int, useSyslog, toStderr bool) (*Logger, error) {
 	o := &output{tag: tag}
+	if tag != "" {
+		o.head = fmt.Sprintf("%s[%d]: ", tag, os.Getpid())
+	}
 	o.level.Store(int32(level))
 	var err error
 	if toStderr && journalStderr() {
@@ -190,9 +194,7 @@ func (l *Logger) write(level int, msg string) {
 		if o.stamp {
 			b.WriteString(time.Now().Format("2006-01-02T15:04:05.000 "))
 		}
-		if o.tag != "" {
-			fmt.Fprintf(&b, "%s[%d]: ", o.tag, os.Getpid())
-		}
+		b.WriteString(o.head)
 		b.WriteString(levelNames[level])
 		b.WriteString(": ")
 		b.WriteString(msg)
