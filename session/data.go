@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -32,27 +33,35 @@ func (e *engine) data(line []byte) error {
 	return e.message()
 }
 
-// natHeader is the header the proxy adds at the top of the message it
-// sends to the MTA (not to the spool), per nat_header_type.
-func (e *engine) natHeader() []byte {
+// natHeader appends to b the header the proxy adds at the top of the
+// message it sends to the MTA (not to the spool), per nat_header_type.
+func (e *engine) natHeader(b []byte) []byte {
 	c, cfg := e.c, e.cfg
 	switch cfg.NatHeaderType {
 	case config.NatHeaderIPOnly:
-		return fmt.Appendf(nil, "%s: %s\r\n", cfg.NatHeader, c.src.Addr().Unmap())
+		return fmt.Appendf(b, "%s: %s\r\n", cfg.NatHeader, c.src.Addr().Unmap())
 	case config.NatHeaderGeneric:
 		ident := "[ident-empty]"
 		if c.ident != "" {
 			ident = "[ident " + c.ident + "]"
 		}
-		h := fmt.Appendf(nil, "%s: from [%s]:%d %s\r\n\tby %s with TPROXY id %d.%d\r\n",
+		b = fmt.Appendf(b, "%s: from [%s]:%d %s\r\n\tby %s with TPROXY id %d.%d\r\n",
 			cfg.NatHeader, c.src.Addr().Unmap(), c.src.Port(), ident, e.name, c.start.Unix(), c.id)
 		if cfg.Abuse != "" {
-			h = fmt.Appendf(h, "\tabuse-to %s\r\n", cfg.Abuse)
+			b = fmt.Appendf(b, "\tabuse-to %s\r\n", cfg.Abuse)
 		}
-		return h
 	}
-	return nil
+	return b
 }
+
+// heldMax is the most of a message's end that waits with the final dot
+// (heldPool): a larger last piece goes to the MTA as it comes.
+const heldMax = 16 * 1024
+
+// heldPool holds, for a message, the bytes for the MTA that wait to go
+// with the next piece: the NAT header with the first piece of the
+// message, the last piece with the final dot.
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, heldMax+1024); return &b }}
 
 // message streams the message to the MTA and to the spool file as it
 // arrives, and holds back the final dot until the scanner's verdict.
@@ -60,11 +69,14 @@ func (e *engine) message() error {
 	cfg := e.cfg
 	e.c.setState(stData)
 	idle := cfg.IdleTimeout()
-	e.srv.SetWriteDeadline(time.Now().Add(idle))
 	var fwdErr error
-	if h := e.natHeader(); h != nil {
-		_, fwdErr = e.srv.Write(h)
-	}
+	// What goes to the MTA goes as it comes, in as few writes as that
+	// allows: the NAT header with the first piece of the message, and
+	// a short last piece with the final dot (release), so that a short
+	// message is one write.
+	hp := heldPool.Get().(*[]byte)
+	defer heldPool.Put(hp) // nothing keeps held: send copies it or writes it
+	held := e.natHeader((*hp)[:0])
 	// The message is spooled only for a scanner that will read it, and
 	// only as far as that scanner reads (spool_max_size).
 	var sp *spoolFile
@@ -84,9 +96,14 @@ func (e *engine) message() error {
 	feed := func(buf []byte) (int, bool) {
 		fwd, spool, n, done := f.Feed(buf)
 		if !oversize {
-			if fwdErr == nil && len(fwd) > 0 {
+			switch {
+			case done && len(held)+len(fwd) <= heldMax:
+				held = append(held, fwd...) // fwd is valid until the next read
+			case fwdErr == nil && len(held)+len(fwd) > 0:
 				e.srv.SetWriteDeadline(time.Now().Add(idle))
-				_, fwdErr = e.srv.Write(fwd)
+				bufs := net.Buffers{held, fwd}
+				_, fwdErr = bufs.WriteTo(e.srv)
+				held = held[:0]
 			}
 			if sp.write(spool); sp != nil && (sp.dropped || sp.err != nil) {
 				st.abandon() // the scanner reads this file no more
@@ -151,7 +168,7 @@ func (e *engine) message() error {
 		e.log.Errf("[%d] spool: %v", e.c.id, sp.err)
 		if cfg.IgnoreErrors {
 			e.log.Warningf("[%d] message %d not scanned: passed as ignore_errors says", e.c.id, e.c.trns.Load())
-			return e.release()
+			return e.release(held)
 		}
 		e.setBy("spool")
 		e.closeMTA()
@@ -175,7 +192,7 @@ func (e *engine) message() error {
 			leave = leave || cfg.SpoolLeaveOn.Has(config.SpoolLeaveError)
 		}
 		sp.keep(leave)
-		return e.release()
+		return e.release(held)
 	case ipc.VerdictVirus:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveVirus) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
 		e.setBy("virus")
@@ -205,7 +222,7 @@ func (e *engine) message() error {
 		e.foundMessage(config.LockSpam, v, sp, size)
 		e.log.Noticef("[%d] message %d is spam (score %.1f): passed, lock_on lacks spam", e.c.id, e.c.trns.Load(), v.Score)
 		if v.Err == "" {
-			return e.release()
+			return e.release(held)
 		}
 		// The spam scan ran, so the error is the virus scanner's.
 	default:
@@ -214,7 +231,7 @@ func (e *engine) message() error {
 	// The virus scanner failed.
 	if cfg.IgnoreErrors {
 		e.log.Warningf("[%d] scanner failed (%s): passing the message as ignore_errors says", e.c.id, v.Err)
-		return e.release()
+		return e.release(held)
 	}
 	e.setBy("scanner")
 	e.closeMTA()
@@ -265,13 +282,14 @@ func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
 	}
 }
 
-// release sends the final dot: the MTA's reply to it goes to the client.
-func (e *engine) release() error {
+// release sends the final dot, after held, the end of the message that
+// waited for it: the MTA's reply to it goes to the client.
+func (e *engine) release(held []byte) error {
 	if err := e.beforeDot(); err != nil {
 		return err
 	}
 	e.c.setState(stPost)
-	_, err := e.send(".", "", []byte(".\r\n"), nil)
+	_, err := e.send(".", "", append(held, smtp.EndOfData...), nil)
 	return err
 }
 
