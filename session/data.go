@@ -181,8 +181,10 @@ func (e *engine) message() error {
 	defer e.clock.hold()()
 	start := time.Now()
 	e.c.setState(stScan)
-	v := e.scan(sp, size, st)
-	e.logVerdict(v, size, time.Since(start))
+	lg := e.log.Held() // the verdict's lines: one write
+	v := e.scan(lg, sp, size, st)
+	e.logVerdict(lg, v, size, time.Since(start))
+	lg.Release()
 	switch v.Kind {
 	case ipc.VerdictClean:
 		leave := cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways)
@@ -244,7 +246,7 @@ func (e *engine) message() error {
 // bytes (after dot-unstuffing) that took d to judge: the virus scan's
 // outcome, then the spam scan's unless a virus was found. 1.4's fields
 // come first, then the session's id and transaction.
-func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
+func (e *engine) logVerdict(lg *logx.Logger, v *ipc.Verdict, size int64, d time.Duration) {
 	cfg, c := e.cfg, e.c
 	who := fmt.Sprintf("src=%v, ident=%s", c.src.Addr(), c.ident)
 	secs := int64(d / time.Second)
@@ -256,29 +258,29 @@ func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
 	av := cfg.AntivirusType.String()
 	switch {
 	case v.Kind == ipc.VerdictVirus:
-		e.log.Eventf(logx.Notice, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
+		lg.Eventf(logx.Notice, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
 		return
 	case cfg.AntivirusType != config.AntivirusOff && failed(av):
-		e.log.Eventf(logx.Err, "SCAN:FAILED size=%d, time=%d, %s, result=%s%s", size, secs, who, v.Err, ours)
+		lg.Eventf(logx.Err, "SCAN:FAILED size=%d, time=%d, %s, result=%s%s", size, secs, who, v.Err, ours)
 	case slices.Contains(v.Scanned, av):
-		e.log.Eventf(logx.Info, "SCAN:CLEAN size=%d, time=%d, %s%s", size, secs, who, ours)
+		lg.Eventf(logx.Info, "SCAN:CLEAN size=%d, time=%d, %s%s", size, secs, who, ours)
 	default:
-		e.log.Eventf(logx.Info, "SCAN:SKIPPED size=%d, %s%s", size, who, ours)
+		lg.Eventf(logx.Info, "SCAN:SKIPPED size=%d, %s%s", size, who, ours)
 	}
 	spam := fmt.Sprintf("size=%d, time=%d, %s, score=%f%s", size, secs, who, v.Score, ours)
 	switch {
 	case cfg.AntispamType == config.AntispamOff:
-		e.log.Eventf(logx.Info, "SPAM:SKIPPED %s", spam)
+		lg.Eventf(logx.Info, "SPAM:SKIPPED %s", spam)
 	case failed("spamd"):
-		e.log.Eventf(logx.Err, "SPAM:FAILED %s", spam)
+		lg.Eventf(logx.Err, "SPAM:FAILED %s", spam)
 	case v.Kind == ipc.VerdictSpam:
-		e.log.Eventf(logx.Notice, "SPAM:FOUND %s", spam)
+		lg.Eventf(logx.Notice, "SPAM:FOUND %s", spam)
 	case slices.Contains(v.Scanned, "spamd"):
-		e.log.Eventf(logx.Info, "SPAM:CLEAN %s", spam)
+		lg.Eventf(logx.Info, "SPAM:CLEAN %s", spam)
 	case cfg.SpamMaxSize == 0:
 		// spam_max_size 0 turns antispam off without a line, as in 1.4.
 	default:
-		e.log.Eventf(logx.Info, "SPAM:SKIPPED size=%d, %s%s", size, who, ours)
+		lg.Eventf(logx.Info, "SPAM:SKIPPED size=%d, %s%s", size, who, ours)
 	}
 }
 
@@ -329,10 +331,10 @@ func (e *engine) spoolLimit() int64 {
 // st is the message's stream to clamd, if it was streamed (scanstream.go).
 // Only the virus scan can fail the message: when it is not run, a
 // failure to scan for spam is the clean verdict with Err set (advisory).
-func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
+func (e *engine) scan(lg *logx.Logger, sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 	av, as := e.scanners(size)
 	if !av && !as {
-		e.log.Infof("[%d] message %d: %d bytes, not scanned: no scanner reads it (types, sizes, auth_skip)", e.c.id, e.c.trns.Load(), size)
+		lg.Infof("[%d] message %d: %d bytes, not scanned: no scanner reads it (types, sizes, auth_skip)", e.c.id, e.c.trns.Load(), size)
 		return &ipc.Verdict{Kind: ipc.VerdictClean}
 	}
 	v := e.askScanner(sp, size, st)
@@ -342,7 +344,7 @@ func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 		case ipc.VerdictError:
 			v.Kind = ipc.VerdictClean
 		case ipc.VerdictSpam:
-			e.log.Warningf("[%d] message %d: %s", e.c.id, e.c.trns.Load(), v.Err)
+			lg.Warningf("[%d] message %d: %s", e.c.id, e.c.trns.Load(), v.Err)
 			v.Err = ""
 		}
 	}

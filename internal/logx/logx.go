@@ -33,6 +33,7 @@ var levelNames = [...]string{"emerg", "alert", "crit", "err", "warning", "notice
 type Logger struct {
 	out    *output
 	prefix string
+	held   *[]byte // lines for standard error that wait for Release (Held)
 }
 
 // output is what loggers derived by With share.
@@ -131,6 +132,27 @@ func (l *Logger) With(prefix string) *Logger {
 	return &Logger{out: l.out, prefix: l.prefix + prefix}
 }
 
+// Held returns a logger that writes like l, except that its lines for
+// standard error wait until Release, which writes them all at once: one
+// write for the lines one step of a session makes together (still
+// whole lines, and never mixed with another process's). Lines for syslog
+// go at once, one message each. For one goroutine.
+func (l *Logger) Held() *Logger {
+	return &Logger{out: l.out, prefix: l.prefix, held: new([]byte)}
+}
+
+// Release writes the lines a Held logger holds.
+func (l *Logger) Release() {
+	if l.held == nil || len(*l.held) == 0 {
+		return
+	}
+	o := l.out
+	o.mu.Lock()
+	o.stderr.Write(*l.held)
+	o.mu.Unlock()
+	*l.held = (*l.held)[:0]
+}
+
 // SetLevel changes the highest level written, for l and every logger
 // derived from the same New.
 func (l *Logger) SetLevel(level int) { l.out.level.Store(int32(level)) }
@@ -199,6 +221,10 @@ func (l *Logger) write(level int, msg string) {
 		b.WriteString(": ")
 		b.WriteString(msg)
 		b.WriteByte('\n')
+		if l.held != nil {
+			*l.held = append(*l.held, b.String()...)
+			return
+		}
 		o.mu.Lock()
 		io.WriteString(o.stderr, b.String())
 		o.mu.Unlock()
