@@ -24,8 +24,12 @@ var errDirect = errors.New("direct")
 // returns errTakeover or errDirect when the session changes mode, nil or
 // an error when it ends.
 func (e *engine) clientLoop(idle time.Duration) error {
+	var buf []byte // the line read, reused: what keeps a line copies it
 	for {
-		if !more(e.cr) {
+		// A command already buffered is read without the socket: the
+		// deadline, like the flushes, is for when the read may wait.
+		ready := more(e.cr)
+		if !ready {
 			// Nothing more from the client for now: what was batched
 			// goes out both ways.
 			if err := e.pushServer(); err != nil {
@@ -36,11 +40,16 @@ func (e *engine) clientLoop(idle time.Duration) error {
 		if err := e.waitRoom(); err != nil {
 			return err
 		}
-		e.cli.SetReadDeadline(time.Now().Add(idle))
+		if !ready {
+			e.cli.SetReadDeadline(time.Now().Add(idle))
+		}
 		if e.isTakenOver() { // after the deadline: see rejectTakeover
 			return errTakeover
 		}
-		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
+		line, tooLong, err := smtp.AppendLine(buf[:0], e.cr, e.maxLine())
+		if cap(line) <= 1024 {
+			buf = line
+		}
 		if e.isTakenOver() {
 			// The deadline does not stop a read that was under way:
 			// what came is the takeover session's.

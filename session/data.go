@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -32,27 +33,35 @@ func (e *engine) data(line []byte) error {
 	return e.message()
 }
 
-// natHeader is the header the proxy adds at the top of the message it
-// sends to the MTA (not to the spool), per nat_header_type.
-func (e *engine) natHeader() []byte {
+// natHeader appends to b the header the proxy adds at the top of the
+// message it sends to the MTA (not to the spool), per nat_header_type.
+func (e *engine) natHeader(b []byte) []byte {
 	c, cfg := e.c, e.cfg
 	switch cfg.NatHeaderType {
 	case config.NatHeaderIPOnly:
-		return fmt.Appendf(nil, "%s: %s\r\n", cfg.NatHeader, c.src.Addr().Unmap())
+		return fmt.Appendf(b, "%s: %s\r\n", cfg.NatHeader, c.src.Addr().Unmap())
 	case config.NatHeaderGeneric:
 		ident := "[ident-empty]"
 		if c.ident != "" {
 			ident = "[ident " + c.ident + "]"
 		}
-		h := fmt.Appendf(nil, "%s: from [%s]:%d %s\r\n\tby %s with TPROXY id %d.%d\r\n",
+		b = fmt.Appendf(b, "%s: from [%s]:%d %s\r\n\tby %s with TPROXY id %d.%d\r\n",
 			cfg.NatHeader, c.src.Addr().Unmap(), c.src.Port(), ident, e.name, c.start.Unix(), c.id)
 		if cfg.Abuse != "" {
-			h = fmt.Appendf(h, "\tabuse-to %s\r\n", cfg.Abuse)
+			b = fmt.Appendf(b, "\tabuse-to %s\r\n", cfg.Abuse)
 		}
-		return h
 	}
-	return nil
+	return b
 }
+
+// heldMax is the most of a message's end that waits with the final dot
+// (heldPool): a larger last piece goes to the MTA as it comes.
+const heldMax = 16 * 1024
+
+// heldPool holds, for a message, the bytes for the MTA that wait to go
+// with the next piece: the NAT header with the first piece of the
+// message, the last piece with the final dot.
+var heldPool = sync.Pool{New: func() any { b := make([]byte, 0, heldMax+1024); return &b }}
 
 // message streams the message to the MTA and to the spool file as it
 // arrives, and holds back the final dot until the scanner's verdict.
@@ -60,11 +69,14 @@ func (e *engine) message() error {
 	cfg := e.cfg
 	e.c.setState(stData)
 	idle := cfg.IdleTimeout()
-	e.srv.SetWriteDeadline(time.Now().Add(idle))
 	var fwdErr error
-	if h := e.natHeader(); h != nil {
-		_, fwdErr = e.srv.Write(h)
-	}
+	// What goes to the MTA goes as it comes, in as few writes as that
+	// allows: the NAT header with the first piece of the message, and
+	// a short last piece with the final dot (release), so that a short
+	// message is one write.
+	hp := heldPool.Get().(*[]byte)
+	defer heldPool.Put(hp) // nothing keeps held: send copies it or writes it
+	held := e.natHeader((*hp)[:0])
 	// The message is spooled only for a scanner that will read it, and
 	// only as far as that scanner reads (spool_max_size).
 	var sp *spoolFile
@@ -84,9 +96,14 @@ func (e *engine) message() error {
 	feed := func(buf []byte) (int, bool) {
 		fwd, spool, n, done := f.Feed(buf)
 		if !oversize {
-			if fwdErr == nil && len(fwd) > 0 {
+			switch {
+			case done && len(held)+len(fwd) <= heldMax:
+				held = append(held, fwd...) // fwd is valid until the next read
+			case fwdErr == nil && len(held)+len(fwd) > 0:
 				e.srv.SetWriteDeadline(time.Now().Add(idle))
-				_, fwdErr = e.srv.Write(fwd)
+				bufs := net.Buffers{held, fwd}
+				_, fwdErr = bufs.WriteTo(e.srv)
+				held = held[:0]
 			}
 			if sp.write(spool); sp != nil && (sp.dropped || sp.err != nil) {
 				st.abandon() // the scanner reads this file no more
@@ -151,7 +168,7 @@ func (e *engine) message() error {
 		e.log.Errf("[%d] spool: %v", e.c.id, sp.err)
 		if cfg.IgnoreErrors {
 			e.log.Warningf("[%d] message %d not scanned: passed as ignore_errors says", e.c.id, e.c.trns.Load())
-			return e.release()
+			return e.release(held)
 		}
 		e.setBy("spool")
 		e.closeMTA()
@@ -164,8 +181,10 @@ func (e *engine) message() error {
 	defer e.clock.hold()()
 	start := time.Now()
 	e.c.setState(stScan)
-	v := e.scan(sp, size, st)
-	e.logVerdict(v, size, time.Since(start))
+	lg := e.log.Held() // the verdict's lines: one write
+	v := e.scan(lg, sp, size, st)
+	e.logVerdict(lg, v, size, time.Since(start))
+	lg.Release()
 	switch v.Kind {
 	case ipc.VerdictClean:
 		leave := cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways)
@@ -175,7 +194,7 @@ func (e *engine) message() error {
 			leave = leave || cfg.SpoolLeaveOn.Has(config.SpoolLeaveError)
 		}
 		sp.keep(leave)
-		return e.release()
+		return e.release(held)
 	case ipc.VerdictVirus:
 		sp.keep(cfg.SpoolLeaveOn.Has(config.SpoolLeaveVirus) || cfg.SpoolLeaveOn.Has(config.SpoolLeaveAlways))
 		e.setBy("virus")
@@ -205,7 +224,7 @@ func (e *engine) message() error {
 		e.foundMessage(config.LockSpam, v, sp, size)
 		e.log.Noticef("[%d] message %d is spam (score %.1f): passed, lock_on lacks spam", e.c.id, e.c.trns.Load(), v.Score)
 		if v.Err == "" {
-			return e.release()
+			return e.release(held)
 		}
 		// The spam scan ran, so the error is the virus scanner's.
 	default:
@@ -214,7 +233,7 @@ func (e *engine) message() error {
 	// The virus scanner failed.
 	if cfg.IgnoreErrors {
 		e.log.Warningf("[%d] scanner failed (%s): passing the message as ignore_errors says", e.c.id, v.Err)
-		return e.release()
+		return e.release(held)
 	}
 	e.setBy("scanner")
 	e.closeMTA()
@@ -227,7 +246,7 @@ func (e *engine) message() error {
 // bytes (after dot-unstuffing) that took d to judge: the virus scan's
 // outcome, then the spam scan's unless a virus was found. 1.4's fields
 // come first, then the session's id and transaction.
-func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
+func (e *engine) logVerdict(lg *logx.Logger, v *ipc.Verdict, size int64, d time.Duration) {
 	cfg, c := e.cfg, e.c
 	who := fmt.Sprintf("src=%v, ident=%s", c.src.Addr(), c.ident)
 	secs := int64(d / time.Second)
@@ -239,39 +258,40 @@ func (e *engine) logVerdict(v *ipc.Verdict, size int64, d time.Duration) {
 	av := cfg.AntivirusType.String()
 	switch {
 	case v.Kind == ipc.VerdictVirus:
-		e.log.Eventf(logx.Notice, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
+		lg.Eventf(logx.Notice, "SCAN:VIRUS size=%d, time=%d, %s, virus=%s%s", size, secs, who, v.Name, ours)
 		return
 	case cfg.AntivirusType != config.AntivirusOff && failed(av):
-		e.log.Eventf(logx.Err, "SCAN:FAILED size=%d, time=%d, %s, result=%s%s", size, secs, who, v.Err, ours)
+		lg.Eventf(logx.Err, "SCAN:FAILED size=%d, time=%d, %s, result=%s%s", size, secs, who, v.Err, ours)
 	case slices.Contains(v.Scanned, av):
-		e.log.Eventf(logx.Info, "SCAN:CLEAN size=%d, time=%d, %s%s", size, secs, who, ours)
+		lg.Eventf(logx.Info, "SCAN:CLEAN size=%d, time=%d, %s%s", size, secs, who, ours)
 	default:
-		e.log.Eventf(logx.Info, "SCAN:SKIPPED size=%d, %s%s", size, who, ours)
+		lg.Eventf(logx.Info, "SCAN:SKIPPED size=%d, %s%s", size, who, ours)
 	}
 	spam := fmt.Sprintf("size=%d, time=%d, %s, score=%f%s", size, secs, who, v.Score, ours)
 	switch {
 	case cfg.AntispamType == config.AntispamOff:
-		e.log.Eventf(logx.Info, "SPAM:SKIPPED %s", spam)
+		lg.Eventf(logx.Info, "SPAM:SKIPPED %s", spam)
 	case failed("spamd"):
-		e.log.Eventf(logx.Err, "SPAM:FAILED %s", spam)
+		lg.Eventf(logx.Err, "SPAM:FAILED %s", spam)
 	case v.Kind == ipc.VerdictSpam:
-		e.log.Eventf(logx.Notice, "SPAM:FOUND %s", spam)
+		lg.Eventf(logx.Notice, "SPAM:FOUND %s", spam)
 	case slices.Contains(v.Scanned, "spamd"):
-		e.log.Eventf(logx.Info, "SPAM:CLEAN %s", spam)
+		lg.Eventf(logx.Info, "SPAM:CLEAN %s", spam)
 	case cfg.SpamMaxSize == 0:
 		// spam_max_size 0 turns antispam off without a line, as in 1.4.
 	default:
-		e.log.Eventf(logx.Info, "SPAM:SKIPPED size=%d, %s%s", size, who, ours)
+		lg.Eventf(logx.Info, "SPAM:SKIPPED size=%d, %s%s", size, who, ours)
 	}
 }
 
-// release sends the final dot: the MTA's reply to it goes to the client.
-func (e *engine) release() error {
+// release sends the final dot, after held, the end of the message that
+// waited for it: the MTA's reply to it goes to the client.
+func (e *engine) release(held []byte) error {
 	if err := e.beforeDot(); err != nil {
 		return err
 	}
 	e.c.setState(stPost)
-	_, err := e.send(".", "", []byte(".\r\n"), nil)
+	_, err := e.send(".", "", append(held, smtp.EndOfData...), nil)
 	return err
 }
 
@@ -311,10 +331,10 @@ func (e *engine) spoolLimit() int64 {
 // st is the message's stream to clamd, if it was streamed (scanstream.go).
 // Only the virus scan can fail the message: when it is not run, a
 // failure to scan for spam is the clean verdict with Err set (advisory).
-func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
+func (e *engine) scan(lg *logx.Logger, sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 	av, as := e.scanners(size)
 	if !av && !as {
-		e.log.Infof("[%d] message %d: %d bytes, not scanned: no scanner reads it (types, sizes, auth_skip)", e.c.id, e.c.trns.Load(), size)
+		lg.Infof("[%d] message %d: %d bytes, not scanned: no scanner reads it (types, sizes, auth_skip)", e.c.id, e.c.trns.Load(), size)
 		return &ipc.Verdict{Kind: ipc.VerdictClean}
 	}
 	v := e.askScanner(sp, size, st)
@@ -324,7 +344,7 @@ func (e *engine) scan(sp *spoolFile, size int64, st *scanStream) *ipc.Verdict {
 		case ipc.VerdictError:
 			v.Kind = ipc.VerdictClean
 		case ipc.VerdictSpam:
-			e.log.Warningf("[%d] message %d: %s", e.c.id, e.c.trns.Load(), v.Err)
+			lg.Warningf("[%d] message %d: %s", e.c.id, e.c.trns.Load(), v.Err)
 			v.Err = ""
 		}
 	}

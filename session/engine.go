@@ -402,7 +402,9 @@ func (e *engine) flushLocked() {
 			e.cw.Write(p.local)
 		case p.reply != nil:
 			if p.verb != proxyQuit {
-				e.cw.Write(p.reply.Raw())
+				for _, l := range p.reply.Lines {
+					e.cw.Write(l)
+				}
 			}
 		default:
 			return
@@ -435,6 +437,9 @@ func (e *engine) pushClient() {
 }
 
 func (e *engine) flushClient() {
+	if e.cw.Buffered() == 0 {
+		return
+	}
 	e.cli.SetWriteDeadline(time.Now().Add(e.cfg.IdleTimeout()))
 	e.cw.Flush()
 }
@@ -458,9 +463,10 @@ func (e *engine) serverLoop(idle time.Duration) {
 	}()
 	for {
 		if !more(e.sr) {
+			// The read may wait: the replies batched go out first.
 			e.pushClient()
+			e.srv.SetReadDeadline(time.Now().Add(idle))
 		}
-		e.srv.SetReadDeadline(time.Now().Add(idle))
 		r, err := smtp.ReadReply(e.sr, 4096)
 		e.mu.Lock()
 		gone := e.mtaGone

@@ -5,6 +5,7 @@ package session
 
 import (
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -34,6 +35,9 @@ type worker struct {
 // there is no usable spool directory, into chroot_path or an empty
 // directory (and messages are refused).
 func Run(env *child.Env) error {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(maxProcs(runtime.NumCPU(), env.Cfg.SessionWorkers))
+	}
 	w := &worker{env: env, log: env.Log}
 	w.cfg.Store(env.Cfg)
 	dir := env.Cfg.ChrootPath
@@ -70,6 +74,19 @@ func Run(env *child.Env) error {
 	}
 	env.LinkEnded(w.master.Run())
 	return nil
+}
+
+// maxProcs is how many threads of a worker run Go code at once: the
+// CPUs shared among the session workers (session_workers, 0 is one per
+// CPU), at least one. A worker alone on its CPU wakes no other thread
+// each time a session's goroutine waits for a socket or another: most
+// of a session's work is system calls, and every hand-off between
+// threads is more of them (futex, nanosleep).
+func maxProcs(cpus int, workers uint64) int {
+	if workers == 0 || workers > uint64(cpus) {
+		return 1
+	}
+	return cpus / int(workers)
 }
 
 // fromMaster is the dispatch of messages from master.

@@ -33,11 +33,13 @@ var levelNames = [...]string{"emerg", "alert", "crit", "err", "warning", "notice
 type Logger struct {
 	out    *output
 	prefix string
+	held   *[]byte // lines for standard error that wait for Release (Held)
 }
 
 // output is what loggers derived by With share.
 type output struct {
 	tag    string
+	head   string // "tag[pid]: ", made once: getpid is a system call
 	level  atomic.Int32
 	mu     sync.Mutex
 	sys    *syslog.Writer
@@ -91,6 +93,9 @@ func journalStderr() bool {
 // reads the journal); the facility is the unit's SyslogFacility=.
 func New(tag string, facility, level int, useSyslog, toStderr bool) (*Logger, error) {
 	o := &output{tag: tag}
+	if tag != "" {
+		o.head = fmt.Sprintf("%s[%d]: ", tag, os.Getpid())
+	}
 	o.level.Store(int32(level))
 	var err error
 	if toStderr && journalStderr() {
@@ -125,6 +130,27 @@ func To(w io.Writer, level int) *Logger {
 // the destination and level with l.
 func (l *Logger) With(prefix string) *Logger {
 	return &Logger{out: l.out, prefix: l.prefix + prefix}
+}
+
+// Held returns a logger that writes like l, except that its lines for
+// standard error wait until Release, which writes them all at once: one
+// write for the lines one step of a session makes together (still
+// whole lines, and never mixed with another process's). Lines for syslog
+// go at once, one message each. For one goroutine.
+func (l *Logger) Held() *Logger {
+	return &Logger{out: l.out, prefix: l.prefix, held: new([]byte)}
+}
+
+// Release writes the lines a Held logger holds.
+func (l *Logger) Release() {
+	if l.held == nil || len(*l.held) == 0 {
+		return
+	}
+	o := l.out
+	o.mu.Lock()
+	o.stderr.Write(*l.held)
+	o.mu.Unlock()
+	*l.held = (*l.held)[:0]
 }
 
 // SetLevel changes the highest level written, for l and every logger
@@ -190,13 +216,15 @@ func (l *Logger) write(level int, msg string) {
 		if o.stamp {
 			b.WriteString(time.Now().Format("2006-01-02T15:04:05.000 "))
 		}
-		if o.tag != "" {
-			fmt.Fprintf(&b, "%s[%d]: ", o.tag, os.Getpid())
-		}
+		b.WriteString(o.head)
 		b.WriteString(levelNames[level])
 		b.WriteString(": ")
 		b.WriteString(msg)
 		b.WriteByte('\n')
+		if l.held != nil {
+			*l.held = append(*l.held, b.String()...)
+			return
+		}
 		o.mu.Lock()
 		io.WriteString(o.stderr, b.String())
 		o.mu.Unlock()

@@ -2,6 +2,7 @@ package logx
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -69,4 +70,36 @@ func TestAlwaysAndEvents(t *testing.T) {
 	if b.String() != "notice: NEW (1/1)\n" {
 		t.Errorf("at log_level err: %q", b.String())
 	}
+}
+
+// A held logger's lines reach standard error with Release, all in one
+// write, in order; until then nothing is written.
+func TestHeldOneWrite(t *testing.T) {
+	var w writes
+	l := To(&w, Debug).With("p: ")
+	h := l.Held()
+	h.Infof("one")
+	h.Eventf(Notice, "TWO")
+	h.Debugf("three")
+	if len(w) != 0 {
+		t.Fatalf("written before Release: %q", w)
+	}
+	h.Release()
+	want := []string{"info: p: one\nnotice: TWO\ndebug: p: three\n"}
+	if !slices.Equal(w, want) {
+		t.Errorf("got writes %q, want %q", w, want)
+	}
+	h.Release()
+	l.Infof("after")
+	if len(w) != 2 || w[1] != "info: p: after\n" {
+		t.Errorf("got writes %q, want the held lines once, then the line of l", w)
+	}
+}
+
+// writes records each write.
+type writes []string
+
+func (w *writes) Write(b []byte) (int, error) {
+	*w = append(*w, string(b))
+	return len(b), nil
 }

@@ -28,6 +28,7 @@ const MaxReplyBytes = 64 << 10
 type Reply struct {
 	Code  int      // 200..599
 	Lines [][]byte // each raw line as received, CRLF included ("250-PIPELINING\r\n")
+	one   [1][]byte
 }
 
 // Raw returns all lines concatenated, exactly as received (after any
@@ -139,7 +140,12 @@ func ReadReply(br *bufio.Reader, max int) (*Reply, error) {
 			return nil, fmt.Errorf("smtp: reply longer than %d lines: %w", MaxReplyLines, ErrBadReply)
 		}
 	}
-	r := &Reply{Lines: make([][]byte, len(end))}
+	r := &Reply{}
+	if len(end) == 1 {
+		r.Lines = r.one[:] // most replies: one allocation less
+	} else {
+		r.Lines = make([][]byte, len(end))
+	}
 	r.Code = int(code[0]-'0')*100 + int(code[1]-'0')*10 + int(code[2]-'0')
 	prev := 0
 	for i, e := range end {
