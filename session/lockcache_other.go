@@ -1,0 +1,13 @@
+//go:build !linux
+
+package session
+
+import (
+	"errors"
+	"os"
+)
+
+// mapGeneration: lockd sends no generation page but on Linux.
+func mapGeneration(*os.File, int) (*uint64, error) {
+	return nil, errors.New("no generation page on this system")
+}
