@@ -168,10 +168,11 @@ const (
 	// lockd → session, PolicyGen, fd: a sealed memfd (Linux) whose first
 	// eight bytes are lockd's generation, which lockd changes before it
 	// acknowledges anything that could turn an unlocked client into a
-	// locked one. One way, once per link; the worker maps it read-only
-	// and keeps lockd's "not locked" answers for as long as the
-	// generation stays the same (session/lockcache.go). Never sent where
-	// lockd cannot watch lock_path: a worker without it asks every time.
+	// locked one, and the next eight its heartbeat (CLOCK_MONOTONIC).
+	// One way, once per link; the worker maps it read-only and keeps
+	// lockd's "not locked" answers for as long as the generation stays
+	// the same and the heartbeat is fresh (session/lockcache.go). Not
+	// sent where there is no memfd: a worker without it asks every time.
 	MsgPolicyGen Type = 65
 )
 
@@ -610,7 +611,8 @@ type Pong struct{}
 
 // PolicyGen hands a session worker lockd's generation page (MsgPolicyGen).
 // Size is the page's size in bytes; the generation is the native-endian
-// uint64 at its start, 0 while answers must not be kept at all.
+// uint64 at its start, 0 while answers must not be kept at all; the
+// heartbeat the int64 after it.
 type PolicyGen struct {
 	Size int `msgpack:"size"`
 }

@@ -3,7 +3,12 @@ package lockd
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
+
+// beatEvery is the time between heartbeats; freshFor, in session/
+// lockcache.go, is how old a heartbeat may be (1 s).
+const beatEvery = 250 * time.Millisecond
 
 // lockd's generation lets a session worker keep lockd's "not locked"
 // answers instead of asking again for every session and every message
@@ -32,10 +37,19 @@ import (
 // 0 means "keep nothing": before lock_path is watched, and whenever the
 // watch is lost. Where there is no memfd or no inotify (not Linux), the
 // workers get no page and ask every time.
+//
+// The page's second word is lockd's heartbeat: CLOCK_MONOTONIC, written
+// every beatEvery, after a look at the inotify events not read yet (any
+// is a change). A worker keeps nothing and uses nothing kept when the
+// heartbeat is older than freshFor: a lockd that hangs (stopped, starved)
+// cannot leave the workers trusting answers it can no longer invalidate.
+// So an administrator's change in lock_path is honoured, at the latest,
+// freshFor after it was made; in practice, when lockd reads the event.
 
 // generation is lockd's side of the page.
 type generation struct {
 	p    *uint64 // the page's first word; nil: no page (the workers ask)
+	beat *int64  // its second word: lockd's heartbeat
 	fd   int     // the page's memfd, handed to every worker
 	size int
 
@@ -85,4 +99,23 @@ func (g *generation) set(on bool) {
 		v = g.last
 	}
 	atomic.StoreUint64(g.p, v)
+}
+
+// heartbeat writes the time now (CLOCK_MONOTONIC, nanoseconds).
+func (g *generation) heartbeat() {
+	if g == nil || g.beat == nil {
+		return
+	}
+	atomic.StoreInt64(g.beat, monoNow())
+}
+
+// beats keeps the heartbeat going for as long as lockd lives: before
+// each, events inotify has and lockd has not read yet change the
+// generation.
+func (s *server) beats() {
+	for {
+		s.watch.pending()
+		s.gen.heartbeat()
+		time.Sleep(beatEvery)
+	}
 }

@@ -44,7 +44,33 @@ func newGeneration() (*generation, error) {
 		return fail("seals", err)
 	}
 	// The mapping lives as long as lockd.
-	return &generation{p: (*uint64)(unsafe.Pointer(&mem[0])), fd: fd, size: genSize}, nil
+	return &generation{p: (*uint64)(unsafe.Pointer(&mem[0])), beat: (*int64)(unsafe.Pointer(&mem[8])),
+		fd: fd, size: genSize}, nil
+}
+
+// monoNow is CLOCK_MONOTONIC in nanoseconds: the workers read the same
+// clock.
+func monoNow() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// pending changes the generation when inotify holds events not read yet:
+// whatever they are, something changed in lock_path.
+func (w *lockWatch) pending() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.wd < 0 {
+		return
+	}
+	// TIOCINQ is FIONREAD: the bytes of events waiting.
+	if n, err := unix.IoctlGetInt(w.fd, unix.TIOCINQ); err == nil && n > 0 {
+		w.gen.bump()
+	}
 }
 
 // watchMask is every change in lock_path that can turn an unlocked client

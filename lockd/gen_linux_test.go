@@ -179,3 +179,35 @@ func TestFoundBumps(t *testing.T) {
 		t.Errorf("not locked after the virus: %+v", a)
 	}
 }
+
+// Events lockd has not read yet change the generation at the next
+// heartbeat, and the heartbeat is the clock the workers read.
+func TestHeartbeatSeesPending(t *testing.T) {
+	s, _ := testServer(t, "lock_duration 3600")
+	g := testGeneration(t, s)
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	w := &lockWatch{gen: g, log: s.log, fd: fd, wd: -1} // nobody reads the events
+	cfg := s.cfg.Load()
+	w.watch(cfg)
+	v := g.value()
+	w.pending()
+	if g.value() != v {
+		t.Fatal("the generation changed with no event waiting")
+	}
+	if err := os.WriteFile(filepath.Join(cfg.LockPath, "192.0.2.1"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.pending()
+	if g.value() == v || g.value() == 0 {
+		t.Errorf("generation %d with an event waiting, was %d", g.value(), v)
+	}
+	before := monoNow()
+	g.heartbeat()
+	if b := *g.beat; b < before || b > monoNow() {
+		t.Errorf("heartbeat %d, want between %d and now", b, before)
+	}
+}

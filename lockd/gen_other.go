@@ -22,3 +22,7 @@ type lockWatch struct{}
 func newLockWatch(*generation, *logx.Logger) *lockWatch { return nil }
 
 func (w *lockWatch) watch(*config.Config) {}
+
+func (w *lockWatch) pending() {}
+
+func monoNow() int64 { return 0 }

@@ -87,6 +87,9 @@ func Run(env *child.Env) error {
 	s.checkDirs(cfg)
 	s.watch = newLockWatch(s.gen, s.log)
 	s.watch.watch(cfg)
+	if s.gen != nil {
+		go s.beats()
+	}
 	go s.sweeper()
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
 	s.master = master

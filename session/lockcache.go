@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"smtp-gated/ipc"
 )
@@ -25,6 +26,13 @@ import (
 // maxLockCache bounds the clients kept; the cache starts anew beyond.
 const maxLockCache = 16384
 
+// freshFor is how old lockd's heartbeat on the page may be: a lockd that
+// has not written it for that long (stopped, starved) may have missed a
+// change it cannot tell the workers of, and nothing kept is used until it
+// writes again. It bounds how long an administrator's lock file can go
+// unnoticed (lockd/gen.go).
+const freshFor = time.Second
+
 // lockKey is whom a lock answer is about: lock files are named by the
 // address, and by the address and ident.
 type lockKey struct {
@@ -36,14 +44,24 @@ type lockKey struct {
 type lockCache struct {
 	peer *ipc.Peer // the link the page came over: the cache dies with it
 	gen  *uint64   // lockd's generation, in a read-only mapping
+	beat *int64    // lockd's heartbeat, on the same page
+	// fresh is freshFor (a test's own in tests).
+	fresh time.Duration
 
 	mu    sync.Mutex
 	at    uint64 // the generation of the answers in clear
 	clear map[lockKey]struct{}
 }
 
-// generation is lockd's generation now; 0: keep nothing.
-func (lc *lockCache) generation() uint64 { return atomic.LoadUint64(lc.gen) }
+// generation is lockd's generation now; 0: keep nothing, use nothing
+// kept (lockd said so, or its heartbeat is too old).
+func (lc *lockCache) generation() uint64 {
+	g := atomic.LoadUint64(lc.gen)
+	if age := monoNow() - atomic.LoadInt64(lc.beat); age < 0 || age > int64(lc.fresh) {
+		return 0
+	}
+	return g
+}
 
 // unlocked reports whether k was found unlocked under generation g.
 func (lc *lockCache) unlocked(k lockKey, g uint64) bool {
@@ -95,11 +113,11 @@ func (w *worker) fromLockd(p *ipc.Peer, m *ipc.Msg) {
 	}
 	f := m.TakeFile(0)
 	defer f.Close()
-	gen, err := mapGeneration(f, v.Size)
+	gen, beat, err := mapGeneration(f, v.Size)
 	if err != nil {
 		w.log.Errf("generation page from %s: %v: closing the link", p.Name, err)
 		p.Close()
 		return
 	}
-	w.lockCache.Store(&lockCache{peer: p, gen: gen})
+	w.lockCache.Store(&lockCache{peer: p, gen: gen, beat: beat, fresh: freshFor})
 }

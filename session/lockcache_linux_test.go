@@ -16,11 +16,16 @@ import (
 // genPage is a generation page as lockd makes it (lockd/gen_linux.go):
 // the test writes it through its own mapping, made before the seals.
 type genPage struct {
-	fd  int
-	gen *uint64
+	fd   int
+	gen  *uint64
+	beat *int64
 }
 
-func (g *genPage) set(v uint64) { atomic.StoreUint64(g.gen, v) }
+// set writes generation v and a heartbeat of ago.
+func (g *genPage) set(v uint64, ago time.Duration) {
+	atomic.StoreUint64(g.gen, v)
+	atomic.StoreInt64(g.beat, monoNow()-int64(ago))
+}
 
 func newGenPage(t *testing.T, seals int) *genPage {
 	t.Helper()
@@ -39,7 +44,7 @@ func newGenPage(t *testing.T, seals int) *genPage {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Munmap(mem); unix.Close(fd) })
-	return &genPage{fd: fd, gen: (*uint64)(unsafe.Pointer(&mem[0]))}
+	return &genPage{fd: fd, gen: (*uint64)(unsafe.Pointer(&mem[0])), beat: (*int64)(unsafe.Pointer(&mem[8]))}
 }
 
 const lockdSeals = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_FUTURE_WRITE | unix.F_SEAL_SEAL
@@ -57,6 +62,8 @@ func sendPage(t *testing.T, w *worker, f *fakeLockd, g *genPage) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	// A heartbeat is fresh for a minute here, whatever the machine's load.
+	w.lockCache.Load().fresh = time.Minute
 }
 
 // policies counts the Policy requests lockd got.
@@ -72,8 +79,8 @@ func (f *fakeLockd) policies() int {
 
 // A "not locked" answer is kept while lockd's generation stays the same:
 // the next sessions and messages of the client cost lockd nothing. A new
-// generation, a page saying 0, a locked client, a question that counts,
-// and a link that ended all go to lockd again.
+// generation, a page saying 0, a heartbeat too old, a locked client, a
+// question that counts, and a link that ended all go to lockd again.
 func TestLockCache(t *testing.T) {
 	cfg := policyConfig(t, "lock_on virus", "msg_virus_locked locked out", "msg_temp_unavail later")
 	w := testWorker()
@@ -82,7 +89,7 @@ func TestLockCache(t *testing.T) {
 		return ipc.MsgPolicyAnswer, &ipc.PolicyAnswer{Locked: locked.Load(), Cause: "virus"}
 	})
 	g := newGenPage(t, lockdSeals)
-	g.set(7)
+	g.set(7, 0)
 	sendPage(t, w, f, g)
 	admit := func(want bool) {
 		t.Helper()
@@ -122,25 +129,41 @@ func TestLockCache(t *testing.T) {
 	asked(2, "another client")
 
 	// lockd changed something: asked again, and kept again.
-	g.set(8)
+	g.set(8, 0)
 	admit(true)
 	admit(true)
 	asked(3, "new generation")
 
 	// Locked: refused, and asked every time.
 	locked.Store(true)
-	g.set(9)
+	g.set(9, 0)
 	admit(false)
 	admit(false)
 	asked(5, "locked client")
 	locked.Store(false)
 
 	// 0: nothing kept.
-	g.set(0)
+	g.set(0, 0)
 	admit(true)
 	admit(true)
 	asked(7, "page says 0")
-	g.set(10)
+
+	// lockd has not written its heartbeat for longer than it may: it
+	// may have missed a change; or the heartbeat is from a clock it
+	// cannot be from.
+	g.set(10, 0)
+	admit(true)
+	asked(8, "generation 10")
+	g.set(10, 2*time.Minute)
+	admit(true)
+	admit(true)
+	asked(10, "heartbeat too old")
+	g.set(10, -2*time.Minute)
+	admit(true)
+	asked(11, "heartbeat in the future")
+	g.set(10, 0)
+	admit(true)
+	asked(11, "heartbeat fresh again")
 
 	// What counts a rate limit goes to lockd every time.
 	rated := policyConfig(t, "lock_on virus", "ratelimit_period 60")
@@ -150,11 +173,11 @@ func TestLockCache(t *testing.T) {
 			t.Fatal("refused with rate limits on")
 		}
 	}
-	asked(9, "rate limits on")
+	asked(13, "rate limits on")
 
 	// The link ended: what lockd said on it no longer counts.
 	admit(true)
-	asked(10, "before the link ends")
+	asked(13, "before the link ends")
 	w.lockd.Load().Close()
 	c, r := policyConn(t, w, cfg)
 	done := make(chan bool, 1)

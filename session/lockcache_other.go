@@ -8,6 +8,8 @@ import (
 )
 
 // mapGeneration: lockd sends no generation page but on Linux.
-func mapGeneration(*os.File, int) (*uint64, error) {
-	return nil, errors.New("no generation page on this system")
+func mapGeneration(*os.File, int) (*uint64, *int64, error) {
+	return nil, nil, errors.New("no generation page on this system")
 }
+
+func monoNow() int64 { return 0 }
