@@ -52,11 +52,7 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 		}()
 	case *ipc.LockdCtl:
 		go func() {
-			r := s.control(v)
-			if v.Command == "lock" || v.Command == "unlock" {
-				s.gen.bump() // before smtpgatectl hears it is done
-			}
-			if err := p.Reply(m, ipc.MsgLockdReply, r); err != nil {
+			if err := p.Reply(m, ipc.MsgLockdReply, s.control(v)); err != nil {
 				s.log.Errf("reply to master: %v", err)
 			}
 		}()

@@ -211,3 +211,17 @@ func TestHeartbeatSeesPending(t *testing.T) {
 		t.Errorf("heartbeat %d, want between %d and now", b, before)
 	}
 }
+
+// smtpgatectl lock changes the generation before its answer goes.
+func TestCtlLockBumps(t *testing.T) {
+	s, _ := testServer(t, "lock_duration 3600")
+	g := testGeneration(t, s)
+	g.enable()
+	v := g.value()
+	if r := s.control(&ipc.LockdCtl{Command: "lock", Args: []string{"192.0.2.1", "1h", "abuse"}}); r.Code != ipc.CtlOK {
+		t.Fatalf("lock: %+v", r)
+	}
+	if g.value() == v || g.value() == 0 {
+		t.Errorf("generation %d after smtpgatectl lock, was %d", g.value(), v)
+	}
+}
