@@ -72,6 +72,7 @@ func samples() map[Type]any {
 		MsgPing:          &Ping{},
 		MsgPong:          &Pong{},
 		MsgSessionTaken:  &SessionTaken{ID: 1<<39 + 4},
+		MsgPolicyGen:     &PolicyGen{Size: 4096},
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 // start-up handshake and in every control request; bump it on every change
 // to a message number or payload, so that a master and a child built from
 // different sources refuse each other instead of misreading each other.
-const Version = 5
+const Version = 6
 
 // Type is the number of one message type. Numbers are explicit and never
 // reused: a reader of a packet dump, or of a log line naming a number, can
@@ -162,6 +162,18 @@ const (
 	// copy, to hand the session to another worker if this one never
 	// takes it.
 	MsgSessionTaken Type = 64
+
+	// lockd's answers a session worker may keep.
+
+	// lockd → session, PolicyGen, fd: a sealed memfd (Linux) whose first
+	// eight bytes are lockd's generation, which lockd changes before it
+	// acknowledges anything that could turn an unlocked client into a
+	// locked one, and the next eight its heartbeat (CLOCK_MONOTONIC).
+	// One way, once per link; the worker maps it read-only and keeps
+	// lockd's "not locked" answers for as long as the generation stays
+	// the same and the heartbeat is fresh (session/lockcache.go). Not
+	// sent where there is no memfd: a worker without it asks every time.
+	MsgPolicyGen Type = 65
 )
 
 // spec says what a message type may carry.
@@ -218,6 +230,7 @@ var catalogue = map[Type]spec{
 	MsgPing:          {"PING", 0, func() any { return new(Ping) }},
 	MsgPong:          {"PONG", 0, func() any { return new(Pong) }},
 	MsgSessionTaken:  {"SESSION_TAKEN", 0, func() any { return new(SessionTaken) }},
+	MsgPolicyGen:     {"POLICY_GEN", 1, func() any { return new(PolicyGen) }},
 }
 
 func (t Type) String() string {
@@ -595,6 +608,14 @@ type Ping struct{}
 
 // Pong answers Ping.
 type Pong struct{}
+
+// PolicyGen hands a session worker lockd's generation page (MsgPolicyGen).
+// Size is the page's size in bytes; the generation is the native-endian
+// uint64 at its start, 0 while answers must not be kept at all; the
+// heartbeat the int64 after it.
+type PolicyGen struct {
+	Size int `msgpack:"size"`
+}
 
 // SessionTaken tells master that the worker took session ID's client
 // socket.

@@ -31,6 +31,8 @@ type Peer struct {
 	// replies are expected, and dropped.
 	abandoned map[uint32]struct{}
 	closed    bool
+	// ended is set once the link is closed or its reader has stopped.
+	ended atomic.Bool
 }
 
 // NewPeer wraps c. Name is used in errors ("lookup", "session 2", ...).
@@ -82,6 +84,7 @@ func (p *Peer) Run() error {
 }
 
 func (p *Peer) failPending() {
+	p.ended.Store(true)
 	p.mu.Lock()
 	p.closed = true
 	for id, ch := range p.pending {
@@ -156,4 +159,11 @@ func (p *Peer) Call(ctx context.Context, t Type, v any, want Type, fds ...int) (
 }
 
 // Close closes the link.
-func (p *Peer) Close() error { return p.conn.Close() }
+func (p *Peer) Close() error {
+	p.ended.Store(true)
+	return p.conn.Close()
+}
+
+// Ended reports whether the link was closed, or its reader stopped: no
+// reply or message will come over it any more.
+func (p *Peer) Ended() bool { return p.ended.Load() }

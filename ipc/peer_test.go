@@ -354,3 +354,21 @@ func TestPeerTimeoutRaceNoLeak(t *testing.T) {
 	default:
 	}
 }
+
+// Ended says whether anything can still come over a link: not while it
+// lives, yes once it is closed here or its reader stopped because the
+// other end went away.
+func TestPeerEnded(t *testing.T) {
+	client, server, done := peers(t, func(p *Peer, m *Msg) { m.Close() })
+	if client.Ended() || server.Ended() {
+		t.Fatal("a live link has ended")
+	}
+	server.Close()
+	if !server.Ended() {
+		t.Error("closed here, but not ended")
+	}
+	<-done
+	if !client.Ended() {
+		t.Error("the other end is gone and the reader stopped, but not ended")
+	}
+}

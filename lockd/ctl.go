@@ -51,11 +51,15 @@ func (s *server) control(q *ipc.LockdCtl) *ipc.CtlReply {
 		if len(args) < 1 {
 			return ctlUsage(q.Command)
 		}
+		// What the workers kept is stale before smtpgatectl hears the
+		// lock is made (gen.go).
+		defer s.gen.bump()
 		return s.ctlLock(cfg, args, q.UID)
 	case "unlock":
 		if len(args) != 1 {
 			return ctlUsage(q.Command)
 		}
+		defer s.gen.bump()
 		return s.ctlUnlock(cfg, args[0], q.UID)
 	case "ratelimit":
 		if len(args) >= 2 {

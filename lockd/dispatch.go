@@ -18,6 +18,10 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 			cfg = s.view(cfg)
 			s.env.Refit(cfg, confinePaths(cfg))
 			s.cfg.Store(cfg)
+			s.watch.watch(cfg)
+			// lock_duration, lock_path: what the workers kept is
+			// stale.
+			s.gen.bump()
 			if old.LockPath != cfg.LockPath || old.RatelimitPath != cfg.RatelimitPath ||
 				old.Locking() != cfg.Locking() || old.Rating() != cfg.Rating() {
 				makeDirs(cfg, s.log) // as set_user now: only where it may
@@ -26,7 +30,12 @@ func (s *server) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 		}
 	case *ipc.PeerLink:
 		worker := v.Index
-		s.env.ServeSessionLink(m, v, func(p *ipc.Peer, m *ipc.Msg) { s.fromSession(worker, p, m) }, nil)
+		sp := s.env.ServeSessionLink(m, v, func(p *ipc.Peer, m *ipc.Msg) { s.fromSession(worker, p, m) }, nil)
+		if s.gen != nil {
+			if err := sp.Send(ipc.MsgPolicyGen, &ipc.PolicyGen{Size: s.gen.size}, s.gen.fd); err != nil {
+				s.log.Errf("generation page to %s: %v", sp.Name, err)
+			}
+		}
 	case *ipc.SessionOpen:
 		s.sess.open(v)
 	case *ipc.SessionClosed:
@@ -156,6 +165,10 @@ func (s *server) found(f *ipc.Found) error {
 		now := time.Now()
 		unlock := s.keys.lock(c.addr)
 		res, lerr = s.makeLock(cfg, c, lockCause(f), time.Time{}, false, now)
+		// Before the answer: the session that reported the event, and
+		// every one after, must not find the client unlocked in what a
+		// worker kept.
+		s.gen.bump()
 		unlock()
 		switch {
 		case lerr != nil:

@@ -38,6 +38,10 @@ type server struct {
 	uid    int // lockd's user: lock files of other users are an administrator's
 	keys   keyLocks
 	script *scriptRunner
+	// gen is the generation page the workers read (gen.go), nil when
+	// there is none; watch keeps it honest about lock_path.
+	gen   *generation
+	watch *lockWatch
 
 	master       *ipc.Peer // nil in tests without a master
 	sess         sessions  // the sessions master registered (trust.go)
@@ -61,6 +65,9 @@ func Run(env *child.Env) error {
 		return err
 	}
 	s.script.stdin = devNull
+	if s.gen, err = newGeneration(); err != nil {
+		s.log.Debugf("%v: session workers will ask lockd for every session", err)
+	}
 	// Into chroot_path when it is set (and lockd is root); otherwise not
 	// chrooted: action_script and the directories live anywhere.
 	root := os.Geteuid() == 0
@@ -78,6 +85,11 @@ func Run(env *child.Env) error {
 		return err
 	}
 	s.checkDirs(cfg)
+	s.watch = newLockWatch(s.gen, s.log)
+	s.watch.watch(cfg)
+	if s.gen != nil {
+		go s.beats()
+	}
 	go s.sweeper()
 	master := ipc.NewPeer(env.Master, "master", s.fromMaster)
 	s.master = master
@@ -190,6 +202,7 @@ func (s *server) sweeper() {
 	for {
 		time.Sleep(sweepEvery(s.cfg.Load()))
 		cfg, now := s.cfg.Load(), time.Now()
+		s.watch.watch(cfg) // lock_path again, when it was lost
 		if cfg.Locking() {
 			s.sweepLocks(cfg, now)
 		}

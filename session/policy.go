@@ -69,11 +69,24 @@ func (p *policy) takePending() []ipc.Delta {
 // rating: ratelimit_period 0 turns rate limits off.
 
 // askLockd sends one Policy request and waits, bounded, for the answer.
-// An answer that says lockd could not tell is an error too.
+// An answer that says lockd could not tell is an error too. A question
+// about the lock alone is answered from what the worker kept, when lockd
+// found the client unlocked and nothing changed since (lockcache.go).
 func (w *worker) askLockd(ctx context.Context, q *ipc.Policy) (*ipc.PolicyAnswer, error) {
 	lp := w.lockd.Load()
 	if lp == nil {
 		return nil, errors.New("lockd: not available")
+	}
+	var lc *lockCache
+	var key lockKey
+	var gen uint64
+	if q.Lock && len(q.Add)+len(q.Check)+len(q.Take) == 0 {
+		if lc = w.lockCacheFor(lp); lc != nil {
+			key, gen = lockKey{q.Client.Addr(), q.Ident}, lc.generation()
+			if lc.unlocked(key, gen) {
+				return &ipc.PolicyAnswer{}, nil
+			}
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, lockdTimeout)
 	defer cancel()
@@ -84,6 +97,9 @@ func (w *worker) askLockd(ctx context.Context, q *ipc.Policy) (*ipc.PolicyAnswer
 	a := m.Payload.(*ipc.PolicyAnswer)
 	if a.Err != "" {
 		return nil, fmt.Errorf("lockd: %s", a.Err)
+	}
+	if lc != nil && !a.Locked {
+		lc.keep(key, gen)
 	}
 	return a, nil
 }

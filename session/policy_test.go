@@ -15,6 +15,7 @@ import (
 // fakeLockd links w to an in-process stand-in for lockd that answers
 // every request with answer, and records what it was asked.
 type fakeLockd struct {
+	peer   *ipc.Peer // lockd's end
 	mu     sync.Mutex
 	asked  []any
 	answer func(v any) (ipc.Type, any)
@@ -43,7 +44,7 @@ func linkFake(t *testing.T, w *worker, answer func(v any) (ipc.Type, any)) *fake
 	a.Close()
 	b.Close()
 	f := &fakeLockd{answer: answer}
-	mine := ipc.NewPeer(ca, "lockd", w.fromService)
+	mine := ipc.NewPeer(ca, "lockd", w.fromLockd)
 	theirs := ipc.NewPeer(cb, "session 0", func(p *ipc.Peer, m *ipc.Msg) {
 		f.mu.Lock()
 		f.asked = append(f.asked, m.Payload)
@@ -51,6 +52,7 @@ func linkFake(t *testing.T, w *worker, answer func(v any) (ipc.Type, any)) *fake
 		typ, v := f.answer(m.Payload)
 		p.Reply(m, typ, v)
 	})
+	f.peer = theirs
 	go mine.Run()
 	go theirs.Run()
 	t.Cleanup(func() { mine.Close(); theirs.Close() })

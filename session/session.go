@@ -28,6 +28,10 @@ type worker struct {
 	wg      sync.WaitGroup
 	spool   *spool
 	live    sessions
+
+	// lockCache is what the worker keeps of lockd's answers
+	// (lockcache.go).
+	lockCache atomic.Pointer[lockCache]
 }
 
 // Run serves until master closes the link. A session worker is always
@@ -140,7 +144,11 @@ func (w *worker) fromMaster(p *ipc.Peer, m *ipc.Msg) {
 		if err != nil {
 			w.env.Fatalf("link to %s: %v", v.Role, err)
 		}
-		lp := ipc.NewPeer(conn, v.Role, w.fromService)
+		h := w.fromService
+		if v.Role == ipc.RoleLockd {
+			h = w.fromLockd // its generation page
+		}
+		lp := ipc.NewPeer(conn, v.Role, h)
 		if old := slot.Swap(lp); old != nil {
 			old.Close()
 		}

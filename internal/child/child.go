@@ -185,8 +185,9 @@ func (e *Env) Reconfigure(p *ipc.Peer, m *ipc.Msg, v *ipc.Config) *config.Config
 // service process (lookup, scanner, lockd) and serves it with h until it
 // ends. ended, if not nil, runs when it has. A link that ends otherwise
 // than by the worker going away is logged and dropped: master relinks the
-// worker when it restarts.
-func (e *Env) ServeSessionLink(m *ipc.Msg, v *ipc.PeerLink, h ipc.Handler, ended func(*ipc.Peer)) {
+// worker when it restarts. It returns the link, for what the service
+// sends the worker on its own.
+func (e *Env) ServeSessionLink(m *ipc.Msg, v *ipc.PeerLink, h ipc.Handler, ended func(*ipc.Peer)) *ipc.Peer {
 	f := m.TakeFile(0)
 	defer f.Close()
 	if v.Role != ipc.RoleSession {
@@ -208,4 +209,5 @@ func (e *Env) ServeSessionLink(m *ipc.Msg, v *ipc.PeerLink, h ipc.Handler, ended
 			e.Log.Errf("link to %s: %v", name, err)
 		}
 	}()
+	return sp
 }
