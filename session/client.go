@@ -40,7 +40,13 @@ func (e *engine) clientLoop(idle time.Duration) error {
 		if e.isTakenOver() { // after the deadline: see rejectTakeover
 			return errTakeover
 		}
-		line, tooLong, err := smtp.ReadLine(e.cr, e.maxLine())
+		var line []byte
+		var tooLong bool
+		var err error
+		// Waiting for the client, the session holds no buffer.
+		if e.cr, err = e.crSrc.wait(e.cr); err == nil {
+			line, tooLong, err = smtp.ReadLine(e.cr, e.maxLine())
+		}
 		if e.isTakenOver() {
 			// The deadline does not stop a read that was under way:
 			// what came is the takeover session's.
