@@ -88,11 +88,16 @@ func TestIdleSessionHoldsNoBuffer(t *testing.T) {
 	}
 	// The reply is read before the writer that sent it gives its buffer
 	// back: the sessions settle.
+	// The race detector adds to every allocation and goroutine.
+	limit := float64(8 << 10)
+	if raceEnabled {
+		limit = 14 << 10
+	}
 	var heap, stack float64
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		h, s := stats()
 		heap, stack = float64(h-min(h, heap0))/n, float64(s-min(s, stack0))/n
-		if heap <= 8<<10 || time.Now().After(deadline) {
+		if heap <= limit || time.Now().After(deadline) {
 			break
 		}
 		runtime.Gosched()
@@ -105,8 +110,8 @@ func TestIdleSessionHoldsNoBuffer(t *testing.T) {
 		}
 	}
 	t.Logf("per idle session: heap %.0f bytes, stacks %.0f bytes", heap, stack)
-	if heap > 8<<10 {
-		t.Errorf("an idle session holds %.0f bytes of heap, want at most 8 KiB", heap)
+	if heap > limit {
+		t.Errorf("an idle session holds %.0f bytes of heap, want at most %.0f", heap, limit)
 	}
 	// Its two goroutines wait on small stacks (4 KiB each).
 	if stack > 10<<10 && !raceEnabled {
