@@ -105,13 +105,16 @@ cross:
 # with scanners off, clamd alone and smtp-gated with clamd. About 5 minutes
 # on 2 CPUs. BENCH_PROFILE=DIR also records each of the daemon's processes
 # with perf(1) under the bulk, small, pipelined and clamd loads, reports
-# in DIR. The other benchmarks of test/bench run with go test -bench NAME.
+# in DIR. BENCH_ROWS=idle,bulk,... measures only those loads (idle, bulk,
+# small, pipelined, scale, clamd). The other benchmarks of test/bench run
+# with go test -bench NAME.
 BENCH_PROFILE ?=
+BENCH_ROWS ?=
 bench: build
 	@if [ "$$(id -u)" = 0 ]; then ./test/install-deps.sh haproxy clamav-daemon; \
 	else echo "not root: HAProxy and clamd are measured only when installed and usable"; fi
 	SMTPGATED_BIN=$(CURDIR)/bin/smtp-gated SMTPGATED_BENCH_TABLE=$(CURDIR)/bench.txt \
-	SMTPGATED_BENCH_PROFILE=$(BENCH_PROFILE) \
+	SMTPGATED_BENCH_PROFILE=$(BENCH_PROFILE) SMTPGATED_BENCH_ROWS=$(BENCH_ROWS) \
 	$(GO) test -run '^$$' -bench '^BenchmarkTable$$' -benchtime 1x -timeout 30m ./test/bench/
 
 install: build

@@ -121,6 +121,9 @@ func (m *master) admit(c *net.TCPConn) {
 		if w == nil {
 			by, code, text = "unavailable", 421, cfg.MsgTempUnavail
 			m.count.rejectOther++
+			if m.full() {
+				m.warnFull()
+			}
 		}
 	}
 	if w != nil {

@@ -54,14 +54,15 @@ func (p *proc) admits(now time.Time, lateOK bool) bool {
 // sessions among those that admit one, other than not. When every worker
 // is late (a machine so loaded that none answered in time, master
 // included), one with room is chosen all the same: the session waits in
-// its queue, and is handed to another if that worker is killed. Nil when
-// none has room. Called with m.mu held.
+// its queue, and is handed to another if that worker is killed. A worker
+// that holds as many sessions as its descriptors allow gets none more
+// (nofile.go). Nil when none has room. Called with m.mu held.
 func (m *master) pickWorker(not *proc) *proc {
 	now := time.Now()
 	for _, lateOK := range []bool{false, true} {
 		var w *proc
 		for _, p := range m.sessionProcs {
-			if p != not && p.admits(now, lateOK) && (w == nil || p.sessions < w.sessions) {
+			if p != not && p.admits(now, lateOK) && m.room(p) && (w == nil || p.sessions < w.sessions) {
 				w = p
 			}
 		}

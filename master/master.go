@@ -89,6 +89,7 @@ type master struct {
 
 	// Fixed at start: [RESTART] options.
 	maxConnections int
+	workerCap      int // sessions a session worker can hold (nofile.go)
 	listener       *net.TCPListener
 	ctl            *net.UnixListener
 	ctlFile        *os.File // ctl's descriptor, for serveControl
@@ -115,6 +116,7 @@ type master struct {
 	ops          opsState
 	lim          limits // max_per_ident, max_load (limits.go)
 	reg          registrar
+	fullWarned   time.Time // when warnFull last logged
 
 	quit     chan struct{} // closed when the daemon stops
 	stopOnce sync.Once
@@ -201,6 +203,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 			log.Warningf("%s", note.Msg)
 		}
 	}
+	m.workerCap = m.raiseNofile(cfg)
 	defer m.listener.Close()
 	if cfg.Mode.Transparent() {
 		if err := transparent(m.listener); err != nil {

@@ -46,9 +46,18 @@ func (e *engine) clientLoop(idle time.Duration) error {
 		if e.isTakenOver() { // after the deadline: see rejectTakeover
 			return errTakeover
 		}
-		line, tooLong, err := smtp.AppendLine(buf[:0], e.cr, e.maxLine())
-		if cap(line) <= 1024 {
-			buf = line
+		var line []byte
+		var tooLong bool
+		var err error
+		if !ready {
+			// Waiting for the client, the session holds no buffer.
+			buf = nil
+		}
+		if e.cr, err = e.crSrc.wait(e.cr); err == nil {
+			line, tooLong, err = smtp.AppendLine(buf[:0], e.cr, e.maxLine())
+			if cap(line) <= 1024 {
+				buf = line
+			}
 		}
 		if e.isTakenOver() {
 			// The deadline does not stop a read that was under way:

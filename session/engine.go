@@ -63,14 +63,17 @@ type engine struct {
 	cliIdle, srvIdle idleReader
 
 	cli *net.TCPConn
-	in  *pushback // under cr; read directly during DATA
-	cr  *bufio.Reader
+	in  *pushback     // under cr; read directly during DATA
+	cr  *bufio.Reader // lent by crSrc (buffers.go)
 	srv *net.TCPConn
-	sr  *bufio.Reader
+	sr  *bufio.Reader // lent by srSrc
+	// crSrc, srSrc: what cr and sr read, and where their buffers go
+	// while the session waits for the client or the MTA.
+	crSrc, srSrc *lazyReader
 
 	mu      sync.Mutex
-	cw      *bufio.Writer // to the client; written under mu
-	sw      *bufio.Writer // to the MTA; written by the client's goroutine
+	cw      *lazyWriter // to the client; written under mu
+	sw      *lazyWriter // to the MTA; written by the client's goroutine
 	queue   []*pending
 	forward int // commands in the queue awaiting the MTA
 	ext     smtp.Extensions
@@ -117,13 +120,15 @@ func newEngine(w *worker, c *conn, server *net.TCPConn) *engine {
 	clock := newIdleClock(cfg.IdleTimeout())
 	cliIdle, srvIdle := newIdleReader(c.client, clock), newIdleReader(server, clock)
 	in := &pushback{r: counter{cliIdle, &c.cliRx}}
+	crSrc := newLazyReader(cliIdle, in, in, max(bufSize, readSize), &c.cliRx)
+	srSrc := newLazyReader(srvIdle, counter{srvIdle, &c.srvRx}, nil, readSize, &c.srvRx)
 	e := &engine{
 		w: w, p: w, c: c, cfg: cfg, log: w.log, name: cfg.ProxyHostName(), clock: clock,
-		cli: c.client, in: in, cr: bufio.NewReaderSize(in, max(bufSize, 4096)),
+		cli: c.client, in: in, cr: crSrc.reader(), crSrc: crSrc,
 		cliIdle: cliIdle, srvIdle: srvIdle,
-		srv: server, sr: bufio.NewReaderSize(counter{srvIdle, &c.srvRx}, 4096),
-		cw:      bufio.NewWriterSize(c.client, 4096),
-		sw:      bufio.NewWriterSize(server, 4096),
+		srv: server, sr: srSrc.reader(), srSrc: srSrc,
+		cw:      &lazyWriter{w: c.client},
+		sw:      &lazyWriter{w: server},
 		srvDone: make(chan struct{}),
 	}
 	e.room = sync.NewCond(&e.mu)
@@ -203,6 +208,8 @@ func (e *engine) run() {
 	e.closeMTA()
 	e.cli.Close()
 	<-e.srvDone
+	e.crSrc.release(e.cr)
+	e.srSrc.release(e.sr)
 	e.rep.Summary(e.log, fmt.Sprintf("[%d] ", e.c.id))
 }
 
@@ -409,6 +416,7 @@ func (e *engine) flushLocked() {
 		default:
 			return
 		}
+		e.queue[0] = nil // not kept alive by the queue's array
 		e.queue = e.queue[1:]
 		if p.done != nil {
 			// Whoever waits for this reply must find it at the client.
@@ -467,7 +475,12 @@ func (e *engine) serverLoop(idle time.Duration) {
 			e.pushClient()
 			e.srv.SetReadDeadline(time.Now().Add(idle))
 		}
-		r, err := smtp.ReadReply(e.sr, 4096)
+		var r *smtp.Reply
+		var err error
+		// Waiting for the MTA, the session holds no buffer.
+		if e.sr, err = e.srSrc.wait(e.sr); err == nil {
+			r, err = smtp.ReadReply(e.sr, 4096)
+		}
 		e.mu.Lock()
 		gone := e.mtaGone
 		e.mu.Unlock()

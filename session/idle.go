@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -101,6 +102,23 @@ func (r idleReader) Read(p []byte) (int, error) {
 			return n, err
 		}
 		// The other side spoke meanwhile, or a scan runs: wait on.
+		r.c.SetReadDeadline(time.Now().Add(left))
+	}
+}
+
+// wait calls f with the socket's descriptor until f returns true, and
+// waits for the socket to be readable in between, under the clock as
+// Read: f reads the socket without waiting (lazyReader.wait).
+func (r idleReader) wait(rc syscall.RawConn, f func(fd uintptr) bool) error {
+	for {
+		err := rc.Read(f)
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || r.k.off.Load() || r.cut.Load() {
+			return err
+		}
+		left := r.k.left()
+		if left <= 0 {
+			return err
+		}
 		r.c.SetReadDeadline(time.Now().Add(left))
 	}
 }

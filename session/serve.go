@@ -37,25 +37,50 @@ type conn struct {
 }
 
 // serve runs one session from hand-off to close, and always ends with one
-// CLOSE line and a SessionEnd to master.
+// CLOSE line and a SessionEnd to master. The SMTP dialogue with the MTA
+// runs on a goroutine of its own: the look-ups, the calls to the other
+// processes and the dial before it grow a goroutine's stack to sizes the
+// dialogue does not need, and an idle session keeps its goroutine's
+// stack (Go shrinks a stack only when a quarter of it is in use).
 func (w *worker) serve(c *conn, f *os.File) {
-	defer w.finish(c)
+	server, end := w.open(c, f)
+	if server == nil {
+		end()
+		return
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer end()
+		newEngine(w, c, server).run()
+	}()
+}
+
+// open makes a session ready for its dialogue with the MTA: it returns
+// the connection to the MTA, or nil when the session ended before. end
+// closes what open opened and says the session ended.
+func (w *worker) open(c *conn, f *os.File) (server *net.TCPConn, end func()) {
+	end = func() { w.finish(c) }
 	nc, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
 		w.log.Errf("[%d] client socket from master: %v", c.id, err)
-		return
+		return nil, end
 	}
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
 		nc.Close()
 		w.log.Errf("[%d] client socket from master is %T, not TCP", c.id, nc)
-		return
+		return nil, end
 	}
 	c.client = tc
-	defer c.client.Close()
 	// A kill closes the client socket: whatever reads it returns.
-	defer context.AfterFunc(c.ctx, func() { tc.Close() })()
+	stopCli := context.AfterFunc(c.ctx, func() { tc.Close() })
+	end = func() {
+		stopCli()
+		tc.Close()
+		w.finish(c)
+	}
 
 	c.setState(stIdent)
 
@@ -80,16 +105,16 @@ func (w *worker) serve(c *conn, f *os.File) {
 		c.by = by
 		c.reply(554, msg) // an early reject, as for the other limits
 		smtp.HangUp(c.client)
-		return
+		return nil, end
 	case by != "":
 		// The documented answer to a failed look-up: a greeting, then
 		// the takeover session, whose MAIL reply says why.
 		c.by = by
 		w.refuseLookup(c, msg)
-		return
+		return nil, end
 	}
 	if !w.admitSession(c) {
-		return
+		return nil, end
 	}
 	if zone != "" {
 		// After the lock check: a client locked for an earlier listing
@@ -98,21 +123,26 @@ func (w *worker) serve(c *conn, f *os.File) {
 		w.found(c, config.LockDNSBL, zone)
 		c.reply(554, dnsblText(c.cfg, zone, answer))
 		smtp.HangUp(c.client)
-		return
+		return nil, end
 	}
 	c.setState(stConnect)
-	server, msg, err := w.connect(c)
+	server, msg, err = w.connect(c)
 	if err != nil {
 		c.by = "connect"
 		w.log.Warningf("[%d] cannot connect to %v: %v", c.id, c.dst, err)
 		c.reply(421, msg)
-		return
+		return nil, end
 	}
-	defer server.Close()
-	defer context.AfterFunc(c.ctx, func() { server.Close() })()
+	stopSrv := context.AfterFunc(c.ctx, func() { server.Close() })
+	closeCli := end
+	end = func() {
+		stopSrv()
+		server.Close()
+		closeCli()
+	}
 	c.setState(stPre)
 	w.log.Debugf("[%d] connected to %v", c.id, c.dst)
-	newEngine(w, c, server).run()
+	return server, end
 }
 
 // finish logs the CLOSE line and tells master.

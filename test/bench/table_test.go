@@ -27,7 +27,17 @@ const (
 	// is recorded with perf(1), each of the daemon's processes on its
 	// own, and perf's report of each is written there (profile_test.go).
 	EnvProfile = "SMTPGATED_BENCH_PROFILE"
+	// EnvRows, when set, names the loads to measure, separated by commas
+	// (idle, bulk, small, pipelined, scale, clamd; `make bench
+	// BENCH_ROWS=idle`): the others are left out of the table.
+	EnvRows = "SMTPGATED_BENCH_ROWS"
 )
+
+// wanted reports whether load is to be measured (see EnvRows).
+func wanted(load string) bool {
+	rows := os.Getenv(EnvRows)
+	return rows == "" || slices.Contains(strings.Split(rows, ","), load)
+}
 
 // The loads of the table.
 const (
@@ -170,13 +180,15 @@ func table(b *testing.B) {
 	// Idle sessions first, on a daemon that has served nothing yet: what
 	// the workers' memory grows by is what the sessions hold, not a heap
 	// grown by the loads before.
-	var hidle []float64
-	if h != nil {
-		hidle = []float64{idlePSS(b, h.addr, idleN, func() []int { return []int{h.pid()} })}
+	if wanted("idle") {
+		var hidle []float64
+		if h != nil {
+			hidle = []float64{idlePSS(b, h.addr, idleN, func() []int { return []int{h.pid()} })}
+		}
+		idle := []float64{idlePSS(b, r.proxy, idleN, func() []int { return children(r.daemon, "session") })}
+		add(fmt.Sprintf("idle sessions: %d after EHLO (smtp-gated: its session workers)", idleN), "KiB PSS each", idleGoal,
+			[]samples{{}, only(hidle), only(idle)})
 	}
-	idle := []float64{idlePSS(b, r.proxy, idleN, func() []int { return children(r.daemon, "session") })}
-	add(fmt.Sprintf("idle sessions: %d after EHLO (smtp-gated: its session workers)", idleN), "KiB PSS each", idleGoal,
-		[]samples{{}, only(hidle), only(idle)})
 
 	bulk := payload(100 << 10)
 	small := payload(4 << 10)
@@ -187,44 +199,60 @@ func table(b *testing.B) {
 	var refused atomic.Int64 // sessions refused at the greeting, by any path
 	smallLoad := func(addr string) float64 { return greeted(b, addr, 50, 10, small, &refused) }
 	pipeLoad := func(addr string) float64 { return pipelined(b, addr, 10, 20, 50, small) }
-	add("bulk: 20 sessions × 5 msgs × 100 KiB", "MB/s", vsHAProxy, measure(b, rounds, paths, bulkLoad))
-	s := measure(b, rounds, paths, smallLoad)
-	name := "small: 50 concurrent × 1 msg × 4 KiB"
-	if n := refused.Load(); n > 0 {
-		name += fmt.Sprintf(" (%d sessions refused with 421)", n)
+	if wanted("bulk") {
+		add("bulk: 20 sessions × 5 msgs × 100 KiB", "MB/s", vsHAProxy, measure(b, rounds, paths, bulkLoad))
 	}
-	add(name, "sessions/s", vsHAProxy, s)
-	add("pipelined: 10 concurrent × 20 msgs × 50 RCPTs × 4 KiB", "msgs/s", vsHAProxy, measure(b, rounds, paths, pipeLoad))
+	if wanted("small") {
+		s := measure(b, rounds, paths, smallLoad)
+		name := "small: 50 concurrent × 1 msg × 4 KiB"
+		if n := refused.Load(); n > 0 {
+			name += fmt.Sprintf(" (%d sessions refused with 421)", n)
+		}
+		add(name, "sessions/s", vsHAProxy, s)
+	}
+	if wanted("pipelined") {
+		add("pipelined: 10 concurrent × 20 msgs × 50 RCPTs × 4 KiB", "msgs/s", vsHAProxy, measure(b, rounds, paths, pipeLoad))
+	}
 	prof := os.Getenv(EnvProfile)
 	if prof != "" {
-		profile(b, prof, "bulk", r.daemon, func() { bulkLoad(r.proxy) })
-		profile(b, prof, "small", r.daemon, func() { smallLoad(r.proxy) })
-		profile(b, prof, "pipelined", r.daemon, func() { pipeLoad(r.proxy) })
+		if wanted("bulk") {
+			profile(b, prof, "bulk", r.daemon, func() { bulkLoad(r.proxy) })
+		}
+		if wanted("small") {
+			profile(b, prof, "small", r.daemon, func() { smallLoad(r.proxy) })
+		}
+		if wanted("pipelined") {
+			profile(b, prof, "pipelined", r.daemon, func() { pipeLoad(r.proxy) })
+		}
 	}
 
 	// Cost grows linearly: sessions/s as clients are added, MB/s as
 	// messages grow.
-	for _, c := range []struct{ workers, each int }{{10, 100}, {100, 10}, {1000, 2}} {
-		refused.Store(0)
-		s := measure(b, scaleRounds, paths, func(addr string) float64 { return greeted(b, addr, c.workers, c.each, small, &refused) })
-		name := fmt.Sprintf("scale: %d concurrent clients × 1 msg × 4 KiB", c.workers)
-		if n := refused.Load(); n > 0 {
-			name += fmt.Sprintf(" (%d of %d sessions refused with 421)", n, (scaleRounds+1)*c.workers*c.each*len(paths))
+	if wanted("scale") {
+		for _, c := range []struct{ workers, each int }{{10, 100}, {100, 10}, {1000, 2}} {
+			refused.Store(0)
+			s := measure(b, scaleRounds, paths, func(addr string) float64 { return greeted(b, addr, c.workers, c.each, small, &refused) })
+			name := fmt.Sprintf("scale: %d concurrent clients × 1 msg × 4 KiB", c.workers)
+			if n := refused.Load(); n > 0 {
+				name += fmt.Sprintf(" (%d of %d sessions refused with 421)", n, (scaleRounds+1)*c.workers*c.each*len(paths))
+			}
+			add(name, "sessions/s", nil, s)
 		}
-		add(name, "sessions/s", nil, s)
-	}
-	for _, s := range []struct{ size, each int }{{4 << 10, 100}, {100 << 10, 10}, {1 << 20, 2}, {10 << 20, 1}} {
-		data := payload(s.size)
-		add(fmt.Sprintf("scale: 10 sessions × %d msgs × %s", s.each, sizeName(s.size)), "MB/s", nil,
-			measure(b, scaleRounds, paths, func(addr string) float64 {
-				_, mb := throughput(b, addr, 10, s.each, data)
-				return mb
-			}))
+		for _, s := range []struct{ size, each int }{{4 << 10, 100}, {100 << 10, 10}, {1 << 20, 2}, {10 << 20, 1}} {
+			data := payload(s.size)
+			add(fmt.Sprintf("scale: 10 sessions × %d msgs × %s", s.each, sizeName(s.size)), "MB/s", nil,
+				measure(b, scaleRounds, paths, func(addr string) float64 {
+					_, mb := throughput(b, addr, 10, s.each, data)
+					return mb
+				}))
+		}
 	}
 
 	// clamd scanning every message (FILDES over its unix socket, the
 	// default), against the same clamd driven directly from here.
-	if clamdUsable() {
+	switch {
+	case !wanted("clamd"):
+	case clamdUsable():
 		c := harness.Clamd(b)
 		cr := clamdRig(b, c, false, "auto")
 		var own, via []float64
@@ -255,7 +283,7 @@ func table(b *testing.B) {
 		if prof != "" {
 			profile(b, prof, "clamd", cr.daemon, func() { throughput(b, cr.proxy, 20, 10, bulk) })
 		}
-	} else {
+	default:
 		b.Log("clamd not usable (needs root and clamav-daemon): no clamd rows")
 	}
 
@@ -266,9 +294,9 @@ func table(b *testing.B) {
 			b.Error(err)
 		}
 	}
-	for _, rw := range rows[1:4] {
-		if len(rw.haproxy.v) > 0 {
-			load := strings.TrimSuffix(strings.Fields(rw.name)[0], ":")
+	for _, rw := range rows {
+		load := strings.TrimSuffix(strings.Fields(rw.name)[0], ":")
+		if (load == "bulk" || load == "small" || load == "pipelined") && len(rw.haproxy.v) > 0 {
 			b.ReportMetric(median(rw.proxy.v)/median(rw.haproxy.v), "ratio-HAProxy-"+load)
 			b.ReportMetric(median(rw.proxy.cpu)/median(rw.haproxy.cpu), "cpu-ratio-HAProxy-"+load)
 		}

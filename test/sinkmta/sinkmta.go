@@ -150,6 +150,13 @@ func (s *Sink) Bytes() int64 { return s.bytes.Load() }
 // Connections returns the number of connections accepted.
 func (s *Sink) Connections() int64 { return s.conns.Load() }
 
+// Open returns the number of connections open now.
+func (s *Sink) Open() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.open)
+}
+
 // Stats returns all counters.
 func (s *Sink) Stats() Stats {
 	return Stats{Connections: s.conns.Load(), Messages: s.msgs.Load(), Recipients: s.rcpts.Load(), Bytes: s.bytes.Load()}
