@@ -15,7 +15,7 @@ import (
 )
 
 // The limits master keeps across session workers besides max_connections
-// and max_per_host (accept.go): max_per_ident, counted when a session
+// and max_per_host (admission.go): max_per_ident, counted when a session
 // learns its ident; max_load, at admission; the lock_on maxhost event,
 // sent to lockd; and the smtpgatectl commands that lockd answers.
 

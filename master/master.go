@@ -3,6 +3,14 @@
 // children, accepts connections and admits them against the global limits,
 // hands each to a session worker, and answers signals and smtpgatectl.
 // It never parses SMTP.
+//
+// Its state is in two halves, each with its own lock, which no code
+// holds together: the supervisor (supervisor.go, with the hand-off
+// machinery of each worker in handoff.go) owns the child processes, their
+// start, restart with back-off, links and configuration pushes; admission
+// (admission.go, limits.go) owns the sessions, the counts per host and
+// per ident, the load and the counters. dispatch.go routes the children's
+// messages to one or the other.
 package master
 
 import (
