@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,6 +196,65 @@ func TestPickWorker(t *testing.T) {
 	}
 	if w, _ := a.pickWorker(ready); w != late {
 		t.Errorf("picked %v when all that admit are late, want %v", w, late)
+	}
+}
+
+// Connections admitted at once from many goroutines are counted exactly,
+// while the status is read through both halves of master.
+func TestAdmissionExact(t *testing.T) {
+	cfg, err := config.Parse(strings.NewReader("mode fixed\nfixed_server 127.0.0.1\nmax_per_host 60\nmax_load 0\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMaster(Options{}, logx.Discard())
+	m.cfg.Store(cfg)
+	w0, _ := bookWorker(0)
+	w1, _ := bookWorker(1)
+	m.sup.workers = []*proc{w0, w1}
+	m.adm.workers = m.sup.workers
+
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const goroutines, each = 4, 50
+	conns := make([]*net.TCPConn, 0, goroutines*each)
+	for range goroutines * each {
+		conns = append(conns, tcpPair(t, ln))
+	}
+	src := netip.MustParseAddrPort("192.0.2.1:1000")
+	local := netip.MustParseAddrPort("127.0.0.1:25")
+	var wg sync.WaitGroup
+	admitted := make(chan verdict, len(conns))
+	for g := range goroutines {
+		wg.Go(func() {
+			for _, c := range conns[g*each : (g+1)*each] {
+				if v := m.adm.admit(cfg, c, src, local); v.by == "" {
+					admitted <- v
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 20 {
+			m.status()
+			m.snap(false)
+		}
+	})
+	wg.Wait()
+	close(admitted)
+	hosts := map[int]bool{}
+	for v := range admitted {
+		hosts[v.host] = true
+	}
+	s := m.snap(false)
+	if len(hosts) != 60 || s.Current != 60 || s.Requests != goroutines*each || s.Rejects[0] != goroutines*each-60 {
+		t.Errorf("%d distinct host counts, %d open, %d requests, %d refused by max_per_host; want 60, 60, %d, %d",
+			len(hosts), s.Current, s.Requests, s.Rejects[0], goroutines*each, goroutines*each-60)
+	}
+	if st := m.status(); !strings.Contains(st, "Children: 60/0 ") || !strings.Contains(st, "sessions 30 ") {
+		t.Errorf("status:\n%s\nwant 60 children, 30 sessions for each worker", st)
 	}
 }
 
