@@ -144,11 +144,7 @@ func (s *supervisor) startAll() error {
 
 // allProcs lists every child slot.
 func (s *supervisor) allProcs() []*proc {
-	all := append([]*proc{}, s.workers...)
-	for _, p := range s.services() {
-		all = append(all, p)
-	}
-	return all
+	return append(append([]*proc{}, s.workers...), s.services()...)
 }
 
 // services lists the slots of lookup, scanner and lockd that exist.
