@@ -439,23 +439,10 @@ func (m *master) setLogLevel(level string) error {
 	}
 	m.log.SetLevel(int(cfg.LogLevel))
 	m.log.Noticef("log level set to %v", cfg.LogLevel)
-	text := m.cfgText.Load().(string)
-	m.mu.Lock()
-	var peers []*proc
-	for _, p := range m.allProcs() {
-		if p.ready {
-			peers = append(peers, p)
-		}
+	if p, err := m.sup.pushAll(m.cfgText.Load().(string), "log level"); err != nil {
+		return fmt.Errorf("%v: %w", p, err)
 	}
-	m.mu.Unlock()
-	var failed error
-	for _, p := range peers {
-		if err := m.push(p, text); err != nil {
-			m.log.Errf("log level: %v: %v", p, err)
-			failed = fmt.Errorf("%v: %w", p, err)
-		}
-	}
-	return failed
+	return nil
 }
 
 // dumpState writes the statefile on SIGUSR1.
@@ -471,17 +458,37 @@ func (m *master) dumpState() {
 // status is the text of `smtpgatectl status`.
 func (m *master) status() string {
 	var b strings.Builder
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	fmt.Fprintf(&b, "smtp-gated %s, pid %d\n", version.Version, os.Getpid())
 	fmt.Fprintf(&b, "Start time: %s\n", m.started.Format(time.RFC1123))
-	fmt.Fprintf(&b, "Restart time: %s\n", m.reloaded.Format(time.RFC1123))
+	fmt.Fprintf(&b, "Restart time: %s\n", time.Unix(0, m.reloaded.Load()).Format(time.RFC1123))
 	fmt.Fprintf(&b, "Uptime: %v\n", time.Since(m.started).Round(time.Second))
-	fmt.Fprintf(&b, "Children: %d/%d (current/max)\n", len(m.sessions), m.maxConnections)
-	fmt.Fprintf(&b, "Requests: %d/%d/%d (total/direct/empty)\n", m.count.requests, m.count.direct, m.count.empty)
-	fmt.Fprintf(&b, "Rejects: %d/%d/%d (host/max/other)\n", m.count.rejectHost, m.count.rejectMax, m.count.rejectOther)
+	sessions := m.adm.status(&b)
+	m.sup.status(&b, sessions)
+	return b.String()
+}
+
+// status writes admission's lines of `smtpgatectl status` and returns
+// the number of sessions of each worker slot.
+func (a *admission) status(b *strings.Builder) map[*proc]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	fmt.Fprintf(b, "Children: %d/%d (current/max)\n", len(a.sessions), a.maxConnections)
+	fmt.Fprintf(b, "Requests: %d/%d/%d (total/direct/empty)\n", a.count.requests, a.count.direct, a.count.empty)
+	fmt.Fprintf(b, "Rejects: %d/%d/%d (host/max/other)\n", a.count.rejectHost, a.count.rejectMax, a.count.rejectOther)
+	sessions := make(map[*proc]int, len(a.workers))
+	for _, p := range a.workers {
+		sessions[p] = p.sessions
+	}
+	return sessions
+}
+
+// status writes a line of `smtpgatectl status` per child slot, with the
+// sessions admission counts for each.
+func (s *supervisor) status(b *strings.Builder, sessions map[*proc]int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	now := time.Now()
-	for _, p := range m.allProcs() {
+	for _, p := range s.allProcs() {
 		state := "ready"
 		switch {
 		case !p.ready:
@@ -489,7 +496,6 @@ func (m *master) status() string {
 		case p.role == ipc.RoleSession && p.late(now):
 			state = "late" // no new sessions until it answers
 		}
-		fmt.Fprintf(&b, "Process: %-10s pid %-7d %-8s sessions %d restarts %d\n", p.String(), p.pid, state, p.sessions, p.restarts)
+		fmt.Fprintf(b, "Process: %-10s pid %-7d %-8s sessions %d restarts %d\n", p.String(), p.pid, state, sessions[p], p.restarts)
 	}
-	return b.String()
 }

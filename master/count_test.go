@@ -9,16 +9,16 @@ import (
 // Spam is counted per message found, refused or passed (lock_on without
 // spam), never more than the session's transactions.
 func TestCountSpam(t *testing.T) {
-	m := &master{}
+	a := &admission{}
 	for _, e := range []*ipc.SessionEnd{
 		{ID: 1, By: "quit", Transacts: 2, Spam: 2}, // passed
 		{ID: 2, By: "spam", Transacts: 1, Spam: 1}, // refused
 		{ID: 3, By: "quit", Transacts: 1, Spam: 1000},
 		{ID: 4, By: "quit", Transacts: 3, Spam: -5},
 	} {
-		m.countEnd(e)
+		a.countEnd(e)
 	}
-	if m.ops.spam != 4 {
-		t.Errorf("spam counted %d, want 4", m.ops.spam)
+	if a.ops.spam != 4 {
+		t.Errorf("spam counted %d, want 4", a.ops.spam)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"net"
-	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -72,14 +71,17 @@ func startFake(t *testing.T, m *master, index int, healthy bool) *fakeWorker {
 		go worker.Run()
 	}
 	f.l = &link{queue: make(chan uint64, handQueue), stop: make(chan struct{})}
-	m.mu.Lock()
-	f.p.peer, f.p.cmd, f.p.pid, f.p.ready, f.p.link = mine, cmd, cmd.Process.Pid, true, f.l
-	// No heartbeat runs here: both count as answering for the whole
-	// test, however slow the machine.
+	// As the supervisor makes a worker ready. No heartbeat runs here:
+	// both count as answering for the whole test, however slow the
+	// machine.
+	m.sup.mu.Lock()
+	f.p.peer, f.p.cmd, f.p.pid, f.p.ready = mine, cmd, cmd.Process.Pid, true
 	f.p.lastPong.Store(time.Now().Add(time.Hour).UnixNano())
-	m.sessionProcs = append(m.sessionProcs, f.p)
-	m.mu.Unlock()
-	go m.sendSessions(f.p, mine, cmd, f.l)
+	f.p.link.Store(f.l)
+	m.sup.mu.Unlock()
+	m.sup.workers = append(m.sup.workers, f.p)
+	m.adm.workers = m.sup.workers
+	go m.sup.sendSessions(f.p, mine, cmd, f.l)
 	return f
 }
 
@@ -93,10 +95,9 @@ func TestHandOffStalledWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &master{log: logx.Discard(), sessions: map[uint64]*session{}, perHost: map[netip.Addr]int{},
-		quit: make(chan struct{})}
+	m := newMaster(Options{}, logx.Discard())
 	m.cfg.Store(cfg)
-	defer close(m.quit)
+	defer m.stop()
 	stalled := startFake(t, m, 0, false)
 	healthy := startFake(t, m, 1, true)
 
@@ -131,9 +132,9 @@ func TestHandOffStalledWorker(t *testing.T) {
 		t.Errorf("an admit took %v", slowest)
 	}
 
-	m.mu.Lock()
-	untaken, atStalled, rejected := stalled.p.untaken, stalled.p.sessions, m.count.rejectOther
-	m.mu.Unlock()
+	m.adm.mu.Lock()
+	untaken, atStalled, rejected := stalled.p.untaken, stalled.p.sessions, m.adm.count.rejectOther
+	m.adm.mu.Unlock()
 	if rejected != 0 {
 		t.Errorf("%d connections refused, want none", rejected)
 	}
@@ -154,9 +155,9 @@ func TestHandOffStalledWorker(t *testing.T) {
 	// has, the healthy worker counts them as untaken (no message tells
 	// the test, so the books are polled).
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		m.mu.Lock()
+		m.adm.mu.Lock()
 		left := healthy.p.untaken
-		m.mu.Unlock()
+		m.adm.mu.Unlock()
 		if left == 0 {
 			break
 		}
@@ -165,15 +166,14 @@ func TestHandOffStalledWorker(t *testing.T) {
 		}
 	}
 
-	// The stalled worker dies: what it never took goes to the healthy one.
+	// The stalled worker dies: the supervisor withdraws its link, and
+	// what it never took goes to the healthy one.
+	stalled.p.link.Store(nil)
 	close(stalled.l.stop)
 	stalled.end.Close()
-	m.mu.Lock()
-	stalled.p.ready = false
-	moved, refused := m.rehand(stalled.p)
-	m.mu.Unlock()
-	if moved != maxUntaken || refused != 0 {
-		t.Errorf("rehand: %d moved, %d refused; want %d, 0", moved, refused, maxUntaken)
+	moved, refused, lost := m.adm.workerGone(stalled.p, false)
+	if moved != maxUntaken || refused != 0 || lost != 0 {
+		t.Errorf("worker gone: %d moved, %d refused, %d lost; want %d, 0, 0", moved, refused, lost, maxUntaken)
 	}
 	for len(got) < n {
 		select {
@@ -192,13 +192,13 @@ func TestHandOffStalledWorker(t *testing.T) {
 			t.Fatalf("client %d: %q, %v; want %q", i, line, err, want)
 		}
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.adm.mu.Lock()
+	defer m.adm.mu.Unlock()
 	if stalled.p.untaken != 0 || healthy.p.untaken != 0 || healthy.p.sessions != n {
 		t.Errorf("books: stalled untaken %d, healthy untaken %d sessions %d; want 0, 0, %d",
 			stalled.p.untaken, healthy.p.untaken, healthy.p.sessions, n)
 	}
-	for id, s := range m.sessions {
+	for id, s := range m.adm.sessions {
 		if s.conn != nil {
 			t.Errorf("session %d: master still holds the client socket", id)
 		}

@@ -15,7 +15,7 @@ import (
 )
 
 // The limits master keeps across session workers besides max_connections
-// and max_per_host (accept.go): max_per_ident, counted when a session
+// and max_per_host (admission.go): max_per_ident, counted when a session
 // learns its ident; max_load, at admission; the lock_on maxhost event,
 // sent to lockd; and the smtpgatectl commands that lockd answers.
 
@@ -25,8 +25,8 @@ type identKey struct {
 	ident string
 }
 
-// limits is master's state for max_per_ident and max_load. The maps are
-// guarded by master.mu.
+// limits is admission's state for max_per_ident and max_load. The maps
+// are guarded by admission.mu.
 type limits struct {
 	perIdent map[identKey]int
 	identOf  map[uint64]identKey // session id → its ident's key
@@ -40,86 +40,94 @@ type limits struct {
 // lockdTimeout bounds master's calls to lockd.
 const lockdTimeout = 5 * time.Second
 
-// identQuery counts the ident of a session (IdentQuery): exactly, under
-// master's lock, whichever worker asks. A session over max_per_ident is
-// not counted; the worker refuses it.
+// identQuery answers a worker's IdentQuery (admission.countIdent); a
+// question about another worker's session is a breach.
 func (m *master) identQuery(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.IdentQuery) {
-	cfg := m.cfg.Load()
-	a := &ipc.IdentAnswer{}
-	m.mu.Lock()
-	s, ok := m.sessions[q.ID]
-	if ok && s.worker != p {
-		m.mu.Unlock()
+	a, err := m.adm.countIdent(m.cfg.Load(), p, q.ID, q.Ident)
+	if err != nil {
 		msg.Close()
-		m.breach(p, pe, fmt.Sprintf("ident of session %d, which is %v's", q.ID, s.worker))
+		m.sup.breach(p, pe, err.Error())
 		return
 	}
-	switch {
-	case !ok:
-		a.Err = "no such session"
-	case m.lim.identOf[q.ID] != (identKey{}):
-		a.Err = "ident already counted"
-	default:
-		if s.ident == "" && q.Ident != "" {
-			// What lockd checks the session's requests against.
-			s.ident = q.Ident
-			m.registerLocked(q.ID, s)
-		}
-		if m.lim.perIdent == nil {
-			m.lim.perIdent = make(map[identKey]int)
-			m.lim.identOf = make(map[uint64]identKey)
-		}
-		k := identKey{s.src.Addr(), q.Ident}
-		n := m.lim.perIdent[k]
-		if cfg.MaxPerIdent > 0 && uint64(n) >= cfg.MaxPerIdent {
-			a.Over, a.Count = true, n
-			break
-		}
-		m.lim.perIdent[k] = n + 1
-		m.lim.identOf[q.ID] = k
-		a.Count = n + 1
-	}
-	m.mu.Unlock()
 	if err := pe.Reply(msg, ipc.MsgIdentAnswer, a); err != nil {
 		m.log.Debugf("ident answer to %v: %v", p, err)
 	}
 }
 
-// forgetIdent uncounts the ident of session id. Called with m.mu held.
-func (m *master) forgetIdent(id uint64) {
-	k, ok := m.lim.identOf[id]
+// countIdent counts ident for session id of worker p: exactly, under
+// admission's lock, whichever worker asks. A session over max_per_ident
+// is not counted; the worker refuses it. The error is set when the
+// session is another worker's.
+func (a *admission) countIdent(cfg *config.Config, p *proc, id uint64, ident string) (*ipc.IdentAnswer, error) {
+	ans := &ipc.IdentAnswer{}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.sessions[id]
+	switch {
+	case ok && s.worker != p:
+		return nil, fmt.Errorf("ident of session %d, which is %v's", id, s.worker)
+	case !ok:
+		ans.Err = "no such session"
+	case a.lim.identOf[id] != (identKey{}):
+		ans.Err = "ident already counted"
+	default:
+		if s.ident == "" && ident != "" {
+			// What lockd checks the session's requests against.
+			s.ident = ident
+			a.register(id, s)
+		}
+		if a.lim.perIdent == nil {
+			a.lim.perIdent = make(map[identKey]int)
+			a.lim.identOf = make(map[uint64]identKey)
+		}
+		k := identKey{s.src.Addr(), ident}
+		n := a.lim.perIdent[k]
+		if cfg.MaxPerIdent > 0 && uint64(n) >= cfg.MaxPerIdent {
+			ans.Over, ans.Count = true, n
+			break
+		}
+		a.lim.perIdent[k] = n + 1
+		a.lim.identOf[id] = k
+		ans.Count = n + 1
+	}
+	return ans, nil
+}
+
+// forgetIdent uncounts the ident of session id. Called with a.mu held.
+func (a *admission) forgetIdent(id uint64) {
+	k, ok := a.lim.identOf[id]
 	if !ok {
 		return
 	}
-	delete(m.lim.identOf, id)
-	if m.lim.perIdent[k]--; m.lim.perIdent[k] <= 0 {
-		delete(m.lim.perIdent, k)
+	delete(a.lim.identOf, id)
+	if a.lim.perIdent[k]--; a.lim.perIdent[k] <= 0 {
+		delete(a.lim.perIdent, k)
 	}
 }
 
 // overLoad reports whether the load average is above max_load (0: no
 // limit). A load average that cannot be read does not refuse anyone.
-func (m *master) overLoad(cfg *config.Config) bool {
+func (a *admission) overLoad(cfg *config.Config) bool {
 	if cfg.MaxLoad <= 0 {
 		return false
 	}
 	now := time.Now().UnixNano()
-	if now-m.lim.loadAt.Load() >= int64(time.Second) {
-		m.lim.loadAt.Store(now)
+	if now-a.lim.loadAt.Load() >= int64(time.Second) {
+		a.lim.loadAt.Store(now)
 		l, err := loadavg.Get()
 		if err != nil {
-			if !m.lim.loadErr.Swap(true) {
-				m.log.Warningf("max_load: %v: not applied", err)
+			if !a.lim.loadErr.Swap(true) {
+				a.log.Warningf("max_load: %v: not applied", err)
 			}
 			l = 0
 		}
-		m.lim.loadBits.Store(math.Float64bits(l))
+		a.lim.loadBits.Store(math.Float64bits(l))
 	}
-	return m.load() > cfg.MaxLoad
+	return a.load() > cfg.MaxLoad
 }
 
 // load is the load average overLoad last read.
-func (m *master) load() float64 { return math.Float64frombits(m.lim.loadBits.Load()) }
+func (a *admission) load() float64 { return math.Float64frombits(a.lim.loadBits.Load()) }
 
 // rejectEvent refuses a connection admit did not admit. A max_per_host
 // refusal is an event for lockd first (lock_on maxhost, action_script),
@@ -128,7 +136,7 @@ func (m *master) rejectEvent(c *net.TCPConn, code int, text, by string, src, loc
 	if by == "maxhost" {
 		m.found(&ipc.Found{Event: config.LockMaxHost, ID: id, Client: src, Local: local, Start: time.Now().Unix()})
 	}
-	m.reject(c, code, text)
+	reject(c, m.cfg.Load(), code, text)
 }
 
 // found tells lockd of an event, when lockd would do something with it:
@@ -149,12 +157,7 @@ func (m *master) found(f *ipc.Found) {
 
 // callLockd calls lockd on master's own link to it.
 func (m *master) callLockd(t ipc.Type, v any, want ipc.Type) (*ipc.Msg, error) {
-	m.mu.Lock()
-	var peer *ipc.Peer
-	if m.lockd != nil && m.lockd.ready {
-		peer = m.lockd.peer
-	}
-	m.mu.Unlock()
+	peer := m.sup.lockdPeer()
 	if peer == nil {
 		return nil, errLockdDown
 	}

@@ -18,7 +18,7 @@ func limitsMaster(t *testing.T, extra ...string) *master {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &master{log: logx.Discard(), sessions: map[uint64]*session{}, perHost: map[netip.Addr]int{}}
+	m := newMaster(Options{}, logx.Discard())
 	m.cfg.Store(cfg)
 	return m
 }
@@ -62,7 +62,7 @@ func TestMaxPerIdent(t *testing.T) {
 	p1, p2 := identPeers(t, m, w1), identPeers(t, m, w2)
 	src := netip.MustParseAddrPort("192.0.2.7:1000")
 	other := netip.MustParseAddrPort("192.0.2.8:1000")
-	m.mu.Lock()
+	m.adm.mu.Lock()
 	for id := uint64(1); id <= 20; id++ {
 		w, s := w1, src
 		if id%2 == 0 {
@@ -71,9 +71,9 @@ func TestMaxPerIdent(t *testing.T) {
 		if id > 10 {
 			s = other
 		}
-		m.sessions[id] = &session{worker: w, src: s, done: make(chan struct{})}
+		m.adm.sessions[id] = &session{worker: w, src: s, done: make(chan struct{})}
 	}
-	m.mu.Unlock()
+	m.adm.mu.Unlock()
 	var mu sync.Mutex
 	over, counted := 0, 0
 	var wg sync.WaitGroup
@@ -108,43 +108,43 @@ func TestMaxPerIdent(t *testing.T) {
 		t.Errorf("asked for another worker's session: %+v", r.Payload)
 	}
 	cancel()
-	m.mu.Lock()
-	if m.lim.identOf[12] != (identKey{}) || m.sessions[12].ident != "" {
+	m.adm.mu.Lock()
+	if m.adm.lim.identOf[12] != (identKey{}) || m.adm.sessions[12].ident != "" {
 		t.Errorf("another worker's session got an ident")
 	}
-	m.mu.Unlock()
+	m.adm.mu.Unlock()
 	if a := askIdent(t, p1, 99, "bob"); a.Err == "" {
 		t.Errorf("unknown session: %+v", a)
 	}
 	// Sessions end: their idents are uncounted.
-	m.mu.Lock()
+	m.adm.mu.Lock()
 	for id := uint64(1); id <= 10; id++ {
-		m.forget(id)
+		m.adm.forget(id)
 	}
-	m.mu.Unlock()
+	m.adm.mu.Unlock()
 	if a := askIdent(t, p1, 13, "alice"); a.Over || a.Count != 2 {
 		t.Errorf("after the sessions ended: %+v, want count 2 (with session 11)", a)
 	}
-	m.mu.Lock()
-	if len(m.lim.perIdent) != 1 || len(m.lim.identOf) != 2 {
-		t.Errorf("books: %v %v", m.lim.perIdent, m.lim.identOf)
+	m.adm.mu.Lock()
+	if len(m.adm.lim.perIdent) != 1 || len(m.adm.lim.identOf) != 2 {
+		t.Errorf("books: %v %v", m.adm.lim.perIdent, m.adm.lim.identOf)
 	}
-	m.mu.Unlock()
+	m.adm.mu.Unlock()
 }
 
 func TestOverLoad(t *testing.T) {
 	m := limitsMaster(t, "max_load 0")
-	if m.overLoad(m.cfg.Load()) {
+	if m.adm.overLoad(m.cfg.Load()) {
 		t.Error("max_load 0 refuses")
 	}
 	m = limitsMaster(t, "max_load 0.000001")
-	m.lim.loadBits.Store(0)
-	if !m.overLoad(m.cfg.Load()) {
+	m.adm.lim.loadBits.Store(0)
+	if !m.adm.overLoad(m.cfg.Load()) {
 		// The machine may be idle to the last digit; then say so.
 		t.Skip("load average 0: nothing to compare")
 	}
 	m = limitsMaster(t, "max_load 100000")
-	if m.overLoad(m.cfg.Load()) {
+	if m.adm.overLoad(m.cfg.Load()) {
 		t.Error("refused below max_load")
 	}
 }

@@ -3,14 +3,20 @@
 // children, accepts connections and admits them against the global limits,
 // hands each to a session worker, and answers signals and smtpgatectl.
 // It never parses SMTP.
+//
+// Its state is in two halves, each with its own lock, which no code
+// holds together: the supervisor (supervisor.go, with the hand-off
+// machinery of each worker in handoff.go) owns the child processes, their
+// start, restart with back-off, links and configuration pushes; admission
+// (admission.go, limits.go) owns the sessions, the counts per host and
+// per ident, the load and the counters. dispatch.go routes the children's
+// messages to one or the other.
 package master
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -25,7 +31,6 @@ import (
 	"smtp-gated/internal/logx"
 	"smtp-gated/internal/resource"
 	"smtp-gated/internal/version"
-	"smtp-gated/ipc"
 )
 
 // readyEnv names the descriptor on which a detached master reports that it
@@ -42,85 +47,47 @@ type Options struct {
 	Ready *os.File
 }
 
-// session is master's record of one handed-off connection.
-type session struct {
-	worker *proc
-	src    netip.AddrPort
-	local  netip.AddrPort
-	ident  string // as the worker told it (IdentQuery), once
-	start  time.Time
-	slot   int           // its row in the status file
-	done   chan struct{} // closed when the session is forgotten
-	// conn is master's copy of the client socket and ns the hand-off
-	// message, until the worker says it took the session; nil after.
-	conn *net.TCPConn
-	ns   *ipc.NewSession
-}
-
-// counters are totals since start.
-type counters struct {
-	requests, direct, empty   uint64
-	rejectHost, rejectMax     uint64
-	rejectOther, lostSessions uint64
-	// For the status file: the most sessions open at once; children
-	// that died unexpectedly and those killed for breaking the rules,
-	// with the time of the last; sessions in which an auth_require
-	// refusal, an SPF or regex refusal, an early talker, a full
-	// pipeline, a rate-limit refusal, an accepted and a failed
-	// authentication happened.
-	peak               int
-	crashes, bugs      uint64
-	crashLast, bugLast time.Time
-	noAuth, spf, regex uint64
-	earlytalk          uint64
-	pipeline           uint64
-	rateRefused        uint64
-	authOK, authFail   uint64
-}
-
+// master holds what is fixed at start, and the two halves of the daemon's
+// state, each under its own lock: the supervisor (supervisor.go: the
+// child processes, their start, restart with back-off, configuration
+// pushes) and admission (admission.go: the sessions, the counts per host
+// and per ident, the load, the counters). No code holds both locks: see
+// the lock order at the types.
 type master struct {
 	opts     Options
 	log      *logx.Logger
 	cfg      atomic.Pointer[config.Config]
 	cfgText  atomic.Value // string: cfg in file syntax, for children
 	started  time.Time
-	reloaded time.Time
-	emptyDir string
+	reloaded atomic.Int64 // unix nanoseconds of the last reload, or the start
 
 	// Fixed at start: [RESTART] options.
-	maxConnections int
-	workerCap      int // sessions a session worker can hold (nofile.go)
-	listener       *net.TCPListener
-	ctl            *net.UnixListener
-	ctlFile        *os.File // ctl's descriptor, for serveControl
-	ctlPath        string
-	pidfile        string
-	// natDev is /dev/pf or /dev/ipnat for the lookup process (modes pf,
-	// ipfilter), opened before any child starts.
-	natDev *os.File
+	listener *net.TCPListener
+	ctl      *net.UnixListener
+	ctlFile  *os.File // ctl's descriptor, for serveControl
+	ctlPath  string
+	pidfile  string
 
-	mu           sync.Mutex
-	sessionProcs []*proc
-	lookup       *proc
-	scanner      *proc
-	lockd        *proc
-	sessions     map[uint64]*session
-	perHost      map[netip.Addr]int
-	nextID       uint64
-	freeSlots    []int // slot numbers of sessions that ended (takeSlot)
-	slotsUsed    int   // slot numbers given so far
-	draining     bool
-	stopped      bool
-	drained      chan struct{}
-	count        counters
-	ops          opsState
-	lim          limits // max_per_ident, max_load (limits.go)
-	reg          registrar
-	fullWarned   time.Time // when warnFull last logged
+	sup *supervisor
+	adm *admission
+	reg registrar // tells lockd of sessions (trust.go)
 
+	stateMu  sync.Mutex    // one statefile write at a time
 	quit     chan struct{} // closed when the daemon stops
 	stopOnce sync.Once
 	requests chan ctlOp // control operations that run on the main loop
+}
+
+// newMaster makes a master whose supervisor and admission are wired to
+// each other and to it; Run sets what comes from the configuration.
+func newMaster(opts Options, log *logx.Logger) *master {
+	m := &master{opts: opts, log: log, started: time.Now(),
+		quit: make(chan struct{}), requests: make(chan ctlOp)}
+	m.reloaded.Store(m.started.UnixNano())
+	m.adm = newAdmission(log, &m.cfg, &m.reg)
+	m.sup = &supervisor{log: log, exe: opts.Exe, foreground: opts.Foreground, started: m.started,
+		cfgText: &m.cfgText, quit: m.quit, dispatch: m.fromChild, adm: m.adm}
+	return m
 }
 
 // ctlOp is a reload, stop or log level change asked for through the
@@ -134,16 +101,7 @@ type ctlOp struct {
 // Run starts the daemon and serves until TERM, QUIT or `smtpgatectl
 // stop`. cfg is the parsed configuration file.
 func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
-	m := &master{
-		opts:     opts,
-		log:      log,
-		started:  time.Now(),
-		sessions: make(map[uint64]*session),
-		perHost:  make(map[netip.Addr]int),
-		quit:     make(chan struct{}),
-		requests: make(chan ctlOp),
-	}
-	m.reloaded = m.started
+	m := newMaster(opts, log)
 	defer func() {
 		if opts.Ready != nil {
 			if err != nil {
@@ -161,7 +119,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 	for _, w := range cfg.Warnings {
 		log.Warningf("%s", w)
 	}
-	m.maxConnections = int(cfg.MaxConnections)
+	m.adm.maxConnections = int(cfg.MaxConnections)
 	if os.Geteuid() != 0 {
 		log.Noticef("not started as root: children keep this user and are not chrooted")
 	} else {
@@ -173,7 +131,7 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 			if err != nil {
 				return err
 			}
-			m.emptyDir = d
+			m.sup.emptyDir = d
 		}
 	}
 
@@ -203,35 +161,41 @@ func Run(cfg *config.Config, log *logx.Logger, opts Options) (err error) {
 			log.Warningf("%s", note.Msg)
 		}
 	}
-	m.workerCap = m.raiseNofile(cfg)
+	m.adm.workerCap = m.raiseNofile(cfg)
 	defer m.listener.Close()
 	if cfg.Mode.Transparent() {
 		if err := transparent(m.listener); err != nil {
 			return err
 		}
 	}
-	if m.natDev, err = natDevice(cfg.Mode); err != nil {
+	if m.sup.natDev, err = natDevice(cfg.Mode); err != nil {
 		return err
 	}
-	if m.natDev != nil {
-		defer m.natDev.Close()
+	if m.sup.natDev != nil {
+		defer m.sup.natDev.Close()
 	}
 
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	if err := m.startChildren(cfg); err != nil {
+	n := int(cfg.SessionWorkers)
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	m.sup.makeSlots(n)
+	m.adm.workers = m.sup.workers
+	if err := m.sup.startAll(); err != nil {
 		m.stop()
-		m.stopChildren(5 * time.Second)
+		m.sup.stopChildren(5 * time.Second)
 		return err
 	}
-	m.startRegistrar()
+	m.reg.start(m.quit, m.sup.lockdPeer, log)
 	go m.acceptLoop()
 	go m.serveControl()
 
 	log.Noticef("smtp-gated %s started: pid %d, listening on %v, mode %v, %d session workers",
-		version.Version, os.Getpid(), m.listener.Addr(), cfg.Mode, len(m.sessionProcs))
+		version.Version, os.Getpid(), m.listener.Addr(), cfg.Mode, len(m.sup.workers))
 	notify(daemon.SdNotifyReady)
 	watchdog, interval := watchdogTicks()
 	if watchdog != nil {
@@ -296,45 +260,6 @@ func (m *master) setConfig(cfg *config.Config) error {
 	return nil
 }
 
-// startChildren starts every child slot and waits for all to be ready.
-func (m *master) startChildren(cfg *config.Config) error {
-	n := int(cfg.SessionWorkers)
-	if n == 0 {
-		n = runtime.NumCPU()
-	}
-	m.mu.Lock()
-	for i := range n {
-		m.sessionProcs = append(m.sessionProcs, &proc{role: ipc.RoleSession, index: i})
-	}
-	m.lookup = &proc{role: ipc.RoleLookup}
-	m.scanner = &proc{role: ipc.RoleScanner}
-	m.lockd = &proc{role: ipc.RoleLockd}
-	all := m.allProcs()
-	m.mu.Unlock()
-	errs := make(chan error, len(all))
-	for _, p := range all {
-		go func() { errs <- m.spawn(p) }()
-	}
-	var first error
-	for range all {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// allProcs lists every child slot. Called with m.mu held.
-func (m *master) allProcs() []*proc {
-	all := append([]*proc{}, m.sessionProcs...)
-	for _, p := range []*proc{m.lookup, m.scanner, m.lockd} {
-		if p != nil {
-			all = append(all, p)
-		}
-	}
-	return all
-}
-
 // reload re-reads the configuration file. A file that does not parse is
 // refused and the running configuration stays; a good one is pushed to
 // every child. Sessions in flight keep the configuration they started
@@ -360,61 +285,15 @@ func (m *master) reload() error {
 		m.log.Errf("reload: %v", err)
 		return err
 	}
-	m.reloaded = time.Now()
+	m.reloaded.Store(time.Now().UnixNano())
 	m.log.SetLevel(int(cfg.LogLevel))
-	text := m.cfgText.Load().(string)
-	m.mu.Lock()
-	var peers []*proc
-	for _, p := range m.allProcs() {
-		if p.ready {
-			peers = append(peers, p)
-		}
-	}
-	m.mu.Unlock()
-	var failed error
-	for _, p := range peers {
-		if err := m.push(p, text); err != nil {
-			m.log.Errf("reload: %v: %v", p, err)
-			failed = err
-		}
-	}
+	_, failed := m.sup.pushAll(m.cfgText.Load().(string), "reload")
 	m.log.Noticef("configuration reloaded from %s", m.opts.ConfigPath)
 	return failed
 }
 
-// push sends a configuration to one child and waits for its Ack.
-func (m *master) push(p *proc, text string) error {
-	m.mu.Lock()
-	peer := p.peer
-	m.mu.Unlock()
-	if peer == nil {
-		return errors.New("not running")
-	}
-	ctx, cancel := contextTimeout(5 * time.Second)
-	defer cancel()
-	r, err := peer.Call(ctx, ipc.MsgConfig, &ipc.Config{Config: text}, ipc.MsgAck)
-	if err != nil {
-		return err
-	}
-	if a := r.Payload.(*ipc.Ack); a.Err != "" {
-		return errors.New(a.Err)
-	}
-	return nil
-}
-
-// stopping reports whether the daemon no longer restarts children.
-func (m *master) stopping() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.stoppingLocked()
-}
-
-func (m *master) stoppingLocked() bool { return m.stopped }
-
+// stop ends the daemon's main loop and the restarts of children.
 func (m *master) stop() {
-	m.mu.Lock()
-	m.stopped = true
-	m.mu.Unlock()
 	m.stopOnce.Do(func() { close(m.quit) })
 }
 
@@ -423,15 +302,7 @@ func (m *master) stop() {
 func (m *master) shutdown() error {
 	notify(daemon.SdNotifyStopping)
 	cfg := m.cfg.Load()
-	m.mu.Lock()
-	m.draining = true
-	m.drained = make(chan struct{})
-	if len(m.sessions) == 0 {
-		close(m.drained)
-	}
-	n := len(m.sessions)
-	drained := m.drained
-	m.mu.Unlock()
+	n, drained := m.adm.drain()
 	m.listener.Close()
 	m.closeControl()
 	bound := cfg.ShutdownTimeout()
@@ -441,13 +312,11 @@ func (m *master) shutdown() error {
 	select {
 	case <-drained:
 	case <-time.After(bound):
-		m.mu.Lock()
-		n = len(m.sessions)
-		m.mu.Unlock()
+		n = m.adm.open()
 		m.log.Warningf("%d sessions still open after %v: closing them", n, bound)
 	}
 	m.stop()
-	m.stopChildren(5 * time.Second)
+	m.sup.stopChildren(5 * time.Second)
 	m.log.Eventf(logx.Info, "%s", statsLine(m.snap(false)))
 	m.log.Noticef("stopped")
 	return nil

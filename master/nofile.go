@@ -67,29 +67,29 @@ func (m *master) raiseNofile(cfg *config.Config) int {
 func setLimit[T int64 | uint64](f *T, v uint64) { *f = T(v) }
 
 // room reports whether session worker p may take one more session within
-// its descriptors (m.workerCap 0: not known, no limit). Called with m.mu
+// its descriptors (a.workerCap 0: not known, no limit). Called with a.mu
 // held.
-func (m *master) room(p *proc) bool { return m.workerCap == 0 || p.sessions < m.workerCap }
+func (a *admission) room(p *proc) bool { return a.workerCap == 0 || p.sessions < a.workerCap }
 
 // full reports whether every session worker holds as many sessions as
-// its descriptors allow. Called with m.mu held.
-func (m *master) full() bool {
-	for _, p := range m.sessionProcs {
-		if m.room(p) {
+// its descriptors allow. Called with a.mu held.
+func (a *admission) full() bool {
+	for _, p := range a.workers {
+		if a.room(p) {
 			return false
 		}
 	}
-	return len(m.sessionProcs) > 0
+	return len(a.workers) > 0
 }
 
 // warnFull logs, at most once a minute, that a session was refused
 // because every session worker holds as many sessions as its descriptors
-// allow. Called with m.mu held.
-func (m *master) warnFull() {
-	if time.Since(m.fullWarned) < time.Minute {
+// allow. Called with a.mu held.
+func (a *admission) warnFull() {
+	if time.Since(a.fullWarned) < time.Minute {
 		return
 	}
-	m.fullWarned = time.Now()
-	m.log.Warningf("session refused: every session worker holds %d sessions, as many as RLIMIT_NOFILE allows "+
-		"(%d descriptors a session); raise the hard limit or session_workers", m.workerCap, fdsPerSession)
+	a.fullWarned = time.Now()
+	a.log.Warningf("session refused: every session worker holds %d sessions, as many as RLIMIT_NOFILE allows "+
+		"(%d descriptors a session); raise the hard limit or session_workers", a.workerCap, fdsPerSession)
 }

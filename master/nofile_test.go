@@ -4,11 +4,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"smtp-gated/internal/config"
 	"smtp-gated/internal/logx"
-	"smtp-gated/ipc"
 )
 
 // A session worker gets no more sessions than its descriptors allow: the
@@ -16,33 +14,32 @@ import (
 // so in the log.
 func TestPickWorkerWithinDescriptors(t *testing.T) {
 	var log strings.Builder
-	m := &master{log: logx.To(&log, logx.Debug), workerCap: 2}
-	now := time.Now()
-	for i := range 2 {
-		p := &proc{role: ipc.RoleSession, index: i, ready: true, link: &link{queue: make(chan uint64, 10)}}
-		p.lastPong.Store(now.UnixNano())
-		m.sessionProcs = append(m.sessionProcs, p)
+	a := newAdmission(logx.To(&log, logx.Debug), nil, &registrar{})
+	a.workerCap = 2
+	w0, _ := bookWorker(0)
+	w1, _ := bookWorker(1)
+	a.workers = []*proc{w0, w1}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	w0.sessions, w1.sessions = 2, 1
+	if got, _ := a.pickWorker(nil); got != w1 {
+		t.Errorf("picked %v, want %v (%v is full)", got, w1, w0)
 	}
-	a, b := m.sessionProcs[0], m.sessionProcs[1]
-	a.sessions, b.sessions = 2, 1
-	if got := m.pickWorker(nil); got != b {
-		t.Errorf("picked %v, want %v (%v is full)", got, b, a)
+	w1.sessions = 2
+	if got, _ := a.pickWorker(nil); got != nil {
+		t.Errorf("picked %v, want none: both hold %d sessions", got, a.workerCap)
 	}
-	b.sessions = 2
-	if got := m.pickWorker(nil); got != nil {
-		t.Errorf("picked %v, want none: both hold %d sessions", got, m.workerCap)
-	}
-	if !m.full() {
+	if !a.full() {
 		t.Error("full() = false with every worker at its capacity")
 	}
-	m.warnFull()
-	m.warnFull()
+	a.warnFull()
+	a.warnFull()
 	if n := strings.Count(log.String(), "as many as RLIMIT_NOFILE allows"); n != 1 {
 		t.Errorf("%d warnings, want 1:\n%s", n, log.String())
 	}
-	m.workerCap = 0 // not known: no limit
-	if got := m.pickWorker(nil); got != a {
-		t.Errorf("without a capacity picked %v, want %v", got, a)
+	a.workerCap = 0 // not known: no limit
+	if got, _ := a.pickWorker(nil); got != w0 {
+		t.Errorf("without a capacity picked %v, want %v", got, w0)
 	}
 }
 

@@ -79,34 +79,45 @@ func (m *master) snap(withSessions bool) *snapshot {
 	if withSessions {
 		rows = m.liveSessions()
 	}
-	res := resourceUsage()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	c := &m.count
 	s := &snapshot{
 		Version: version.Version, BuildDate: version.BuildDate(), Pid: os.Getpid(), Now: time.Now(),
-		Started: m.started, Reloaded: m.reloaded, Resource: res,
-		Current: len(m.sessions), Peak: c.peak, Limit: m.maxConnections,
-		Crashes: c.crashes, CrashLast: c.crashLast, Bugs: c.bugs, BugLast: c.bugLast,
-		NoAuth: c.noAuth, SPF: c.spf, Regex: c.regex, Earlytalk: c.earlytalk,
-		Requests: c.requests, Direct: c.direct, Empty: c.empty,
-		Pipeline: c.pipeline, AuthOK: c.authOK, AuthFail: c.authFail,
-		Lost: c.lostSessions, ClientBytes: m.ops.clientBytes, ServerBytes: m.ops.serverBytes,
+		Started: m.started, Reloaded: time.Unix(0, m.reloaded.Load()), Resource: resourceUsage(),
 		Closes: map[string]uint64{}, Restarts: map[string]int{},
 		Sessions: rows,
 	}
-	for by, n := range m.ops.closes {
+	m.adm.fill(s)
+	m.sup.fill(s)
+	return s
+}
+
+// fill puts admission's counters in s.
+func (a *admission) fill(s *snapshot) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := &a.count
+	s.Current, s.Peak, s.Limit = len(a.sessions), c.peak, a.maxConnections
+	s.NoAuth, s.SPF, s.Regex, s.Earlytalk = c.noAuth, c.spf, c.regex, c.earlytalk
+	s.Requests, s.Direct, s.Empty = c.requests, c.direct, c.empty
+	s.Pipeline, s.AuthOK, s.AuthFail = c.pipeline, c.authOK, c.authFail
+	s.Lost, s.ClientBytes, s.ServerBytes = c.lostSessions, a.ops.clientBytes, a.ops.serverBytes
+	for by, n := range a.ops.closes {
 		s.Closes[by] = n
 		if k, ok := rejectCauses[by]; ok {
 			s.Rejects[k] += n
 		}
 	}
 	s.Rejects[rejectRatelimit] += c.rateRefused
-	s.Viruses, s.Spam = m.ops.closes["virus"], m.ops.spam
-	for _, p := range m.allProcs() {
-		s.Restarts[p.String()] = p.restarts
+	s.Viruses, s.Spam = a.ops.closes["virus"], a.ops.spam
+}
+
+// fill puts the supervisor's counters in s: crashes, breaches, restarts.
+func (s *supervisor) fill(snap *snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap.Crashes, snap.CrashLast, snap.Bugs, snap.BugLast = s.crashes, s.crashLast, s.bugs, s.bugLast
+	for _, p := range s.allProcs() {
+		snap.Restarts[p.String()] = p.restarts
 	}
-	return s
 }
 
 // resourceUsage is master's getrusage as 1.4's Resource line shows it:
@@ -122,8 +133,8 @@ func resourceUsage() string {
 // writeState writes the statefile (USR1, `smtp-gated -s`, `smtpgatectl
 // dump`) and returns what it wrote.
 func (m *master) writeState() (string, error) {
-	m.ops.stateMu.Lock()
-	defer m.ops.stateMu.Unlock()
+	m.stateMu.Lock()
+	defer m.stateMu.Unlock()
 	cfg := m.cfg.Load()
 	if cfg.Statefile == "" {
 		return "", errors.New("statefile is not set")

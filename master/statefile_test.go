@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"smtp-gated/internal/config"
+	"smtp-gated/internal/logx"
 	"smtp-gated/ipc"
 )
 
@@ -220,12 +221,14 @@ func TestWriteAtomic(t *testing.T) {
 // What a session's end adds to the counters, once per session, and the
 // slots of 1.4: from max_connections-1 down, a freed one used again.
 func TestCountEndAndSlots(t *testing.T) {
-	m := &master{maxConnections: 3}
-	m.countEnd(&ipc.SessionEnd{By: ipc.CloseQuit, Auth: 3, Events: ipc.EventSPF | ipc.EventRatelimit})
-	m.countEnd(&ipc.SessionEnd{By: ipc.CloseRatelimit, Auth: 1, Events: ipc.EventRatelimit})
-	m.countEnd(&ipc.SessionEnd{By: ipc.CloseClient, Auth: 5, Events: ipc.EventsAll})
-	m.countEnd(&ipc.SessionEnd{By: ipc.CloseMaxhost})
-	m.countEnd(&ipc.SessionEnd{By: ipc.CloseLoad})
+	m := newMaster(Options{}, logx.Discard())
+	a := m.adm
+	a.maxConnections = 3
+	a.countEnd(&ipc.SessionEnd{By: ipc.CloseQuit, Auth: 3, Events: ipc.EventSPF | ipc.EventRatelimit})
+	a.countEnd(&ipc.SessionEnd{By: ipc.CloseRatelimit, Auth: 1, Events: ipc.EventRatelimit})
+	a.countEnd(&ipc.SessionEnd{By: ipc.CloseClient, Auth: 5, Events: ipc.EventsAll})
+	a.countEnd(&ipc.SessionEnd{By: ipc.CloseMaxhost})
+	a.countEnd(&ipc.SessionEnd{By: ipc.CloseLoad})
 	s := m.snap(false)
 	got := fmt.Sprint(s.AuthOK, s.AuthFail, s.NoAuth, s.SPF, s.Regex, s.Earlytalk, s.Pipeline, s.Rejects)
 	if want := "1 1 1 2 1 1 1 [1 0 0 0 1 2 1]"; got != want {
@@ -233,10 +236,10 @@ func TestCountEndAndSlots(t *testing.T) {
 	}
 	var slots []int
 	for range 3 {
-		slots = append(slots, m.takeSlot())
+		slots = append(slots, a.takeSlot())
 	}
-	m.freeSlots = append(m.freeSlots, 1)
-	slots = append(slots, m.takeSlot())
+	a.freeSlots = append(a.freeSlots, 1)
+	slots = append(slots, a.takeSlot())
 	if fmt.Sprint(slots) != "[2 1 0 1]" {
 		t.Errorf("slots %v, want [2 1 0 1]", slots)
 	}

@@ -2,6 +2,7 @@ package master
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 
 	"smtp-gated/internal/child"
@@ -20,13 +21,10 @@ import (
 // it is killed, like any worker that breaks the protocol.
 func (m *master) spoof(p *proc, pe *ipc.Peer, msg *ipc.Msg, q *ipc.SpoofQuery) {
 	cfg := m.cfg.Load()
-	m.mu.Lock()
-	s, ok := m.sessions[q.ID]
-	valid := ok && s.worker == p && s.src == q.Client && cfg.Spoofs(q.Client.Addr())
-	m.mu.Unlock()
-	if !valid {
+	src, ok := m.adm.clientOf(p, q.ID)
+	if !ok || src != q.Client || !cfg.Spoofs(q.Client.Addr()) {
 		msg.Close()
-		m.breach(p, pe, fmt.Sprintf("asked for a socket bound to %v for session %d, which is not its client's", q.Client, q.ID))
+		m.sup.breach(p, pe, fmt.Sprintf("asked for a socket bound to %v for session %d, which is not its client's", q.Client, q.ID))
 		return
 	}
 	fd, err := spoofSocket(q.Client)
@@ -60,12 +58,23 @@ func natDevice(mode config.Mode) (*os.File, error) {
 
 // extraFiles are the descriptors a child gets after its link to master
 // (child.LinkFD): the NAT device for lookup, on child.NatDevFD.
-func (m *master) extraFiles(p *proc) []*os.File {
-	if p.role == ipc.RoleLookup && m.natDev != nil {
-		return []*os.File{m.natDev}
+func (s *supervisor) extraFiles(p *proc) []*os.File {
+	if p.role == ipc.RoleLookup && s.natDev != nil {
+		return []*os.File{s.natDev}
 	}
 	return nil
 }
 
 // The NAT device follows the link in ExtraFiles.
 var _ = [1]struct{}{}[child.NatDevFD-child.LinkFD-1]
+
+// clientOf is the client of session id when the session is worker p's.
+func (a *admission) clientOf(p *proc, id uint64) (netip.AddrPort, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.sessions[id]
+	if !ok || s.worker != p {
+		return netip.AddrPort{}, false
+	}
+	return s.src, true
+}

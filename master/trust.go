@@ -33,99 +33,81 @@ type registrar struct {
 	dropped atomic.Uint64 // registrations that did not fit
 }
 
-// startRegistrar starts the goroutine that feeds lockd.
-func (m *master) startRegistrar() {
-	m.reg.q = make(chan trustMsg, trustQueue)
+// start starts the goroutine that feeds lockd, on the link lockd gives
+// (nil while lockd is not ready), until quit is closed.
+func (r *registrar) start(quit <-chan struct{}, lockd func() *ipc.Peer, log *logx.Logger) {
+	r.q = make(chan trustMsg, trustQueue)
 	go func() {
 		for {
-			var r trustMsg
+			var m trustMsg
 			select {
-			case r = <-m.reg.q:
-			case <-m.quit:
+			case m = <-r.q:
+			case <-quit:
 				return
 			}
-			m.mu.Lock()
-			var peer *ipc.Peer
-			if m.lockd != nil && m.lockd.ready {
-				peer = m.lockd.peer
-			}
-			m.mu.Unlock()
+			peer := lockd()
 			if peer == nil {
 				continue // a new lockd asks about what it needs
 			}
-			if err := peer.Send(r.t, r.v); err != nil {
-				m.log.Debugf("telling lockd %v: %v", r.t, err)
+			if err := peer.Send(m.t, m.v); err != nil {
+				log.Debugf("telling lockd %v: %v", m.t, err)
 			}
 		}
 	}()
 }
 
-// tellLockd queues a registration without waiting. Safe with m.mu held.
-func (m *master) tellLockd(t ipc.Type, v any) {
-	if m.reg.q == nil {
+// tell queues a registration without waiting. Safe with any lock held.
+func (r *registrar) tell(t ipc.Type, v any) {
+	if r.q == nil {
 		return
 	}
 	select {
-	case m.reg.q <- trustMsg{t, v}:
+	case r.q <- trustMsg{t, v}:
 	default:
-		m.reg.dropped.Add(1)
+		r.dropped.Add(1)
 	}
 }
 
-// registerLocked queues the record of session id for lockd. Called with
-// m.mu held.
-func (m *master) registerLocked(id uint64, s *session) {
-	m.tellLockd(ipc.MsgSessionOpen, &ipc.SessionOpen{ID: id, Worker: s.worker.index,
+// register queues the record of session id for lockd. Called with a.mu
+// held.
+func (a *admission) register(id uint64, s *session) {
+	a.reg.tell(ipc.MsgSessionOpen, &ipc.SessionOpen{ID: id, Worker: s.worker.index,
 		Client: s.src, Local: s.local, Ident: s.ident})
 }
 
 // sessionAsk answers lockd's question about a session with master's record.
 func (m *master) sessionAsk(pe *ipc.Peer, msg *ipc.Msg, q *ipc.SessionAsk) {
-	a := &ipc.SessionInfo{}
-	m.mu.Lock()
-	if s, ok := m.sessions[q.ID]; ok {
-		a = &ipc.SessionInfo{Known: true, Worker: s.worker.index, Client: s.src, Local: s.local, Ident: s.ident}
-	}
-	m.mu.Unlock()
-	if err := pe.Reply(msg, ipc.MsgSessionInfo, a); err != nil {
+	if err := pe.Reply(msg, ipc.MsgSessionInfo, m.adm.sessionInfo(q.ID)); err != nil {
 		m.log.Debugf("session info to lockd: %v", err)
 	}
 }
 
-// breach kills session worker p, which broke rule, if pe is still its
-// link; the slot restarts as after any death.
-func (m *master) breach(p *proc, pe *ipc.Peer, rule string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if p.cmd == nil || (pe != nil && p.peer != pe) {
-		return // that process is gone already
+// sessionInfo is admission's record of session id, as lockd gets it.
+func (a *admission) sessionInfo(id uint64) *ipc.SessionInfo {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s, ok := a.sessions[id]
+	if !ok {
+		return &ipc.SessionInfo{}
 	}
-	m.log.Errf("%v (pid %d) broke the rules: %s: killing it", p, p.pid, logx.Escape(rule))
-	p.breached = true
-	p.cmd.Process.Kill()
+	return &ipc.SessionInfo{Known: true, Worker: s.worker.index, Client: s.src, Local: s.local, Ident: s.ident}
 }
 
 // lockdBreach is lockd's report of a worker that broke the rules.
 func (m *master) lockdBreach(b *ipc.Breach) {
-	m.mu.Lock()
-	var p *proc
-	if b.Worker >= 0 && b.Worker < len(m.sessionProcs) {
-		p = m.sessionProcs[b.Worker]
-	}
-	m.mu.Unlock()
-	if p == nil {
+	if b.Worker < 0 || b.Worker >= len(m.sup.workers) {
 		m.log.Errf("lockd reports a breach by session worker %d, which does not exist", b.Worker)
 		return
 	}
-	m.breach(p, nil, fmt.Sprintf("lockd: session %d: %s", b.ID, b.Rule))
+	m.sup.breach(m.sup.workers[b.Worker], nil, fmt.Sprintf("lockd: session %d: %s", b.ID, b.Rule))
 }
 
 // ownRows keeps the status rows of worker p that are about its own live
 // sessions; a row about another worker's session, or the same session
 // twice, is a breach. Worker strings are escaped.
-func (m *master) ownRows(p *proc, rows []ipc.SessionRow) ([]ipc.SessionRow, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+func (a *admission) ownRows(p *proc, rows []ipc.SessionRow) ([]ipc.SessionRow, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	seen := make(map[uint64]bool, len(rows))
 	out := rows[:0]
 	for _, r := range rows {
@@ -133,7 +115,7 @@ func (m *master) ownRows(p *proc, rows []ipc.SessionRow) ([]ipc.SessionRow, erro
 			return nil, fmt.Errorf("status row for session %d twice", r.ID)
 		}
 		seen[r.ID] = true
-		s, ok := m.sessions[r.ID]
+		s, ok := a.sessions[r.ID]
 		if ok && s.worker != p {
 			return nil, fmt.Errorf("status row for session %d, which is %v's", r.ID, s.worker)
 		}

@@ -14,16 +14,16 @@ import (
 func TestOwnRows(t *testing.T) {
 	m := limitsMaster(t)
 	w1, w2 := &proc{role: ipc.RoleSession, index: 0}, &proc{role: ipc.RoleSession, index: 1}
-	m.sessions[1] = &session{worker: w1, done: make(chan struct{})}
-	m.sessions[2] = &session{worker: w2, done: make(chan struct{})}
-	rows, err := m.ownRows(w1, []ipc.SessionRow{{ID: 1, State: ipc.StateHelo, Ident: "bob\r\n\x1b[2J"}, {ID: 3}})
+	m.adm.sessions[1] = &session{worker: w1, done: make(chan struct{})}
+	m.adm.sessions[2] = &session{worker: w2, done: make(chan struct{})}
+	rows, err := m.adm.ownRows(w1, []ipc.SessionRow{{ID: 1, State: ipc.StateHelo, Ident: "bob\r\n\x1b[2J"}, {ID: 3}})
 	if err != nil || len(rows) != 1 || rows[0].Ident != `bob\x0d\x0a\x1b[2J` {
 		t.Errorf("own rows: %+v, %v", rows, err)
 	}
-	if _, err := m.ownRows(w1, []ipc.SessionRow{{ID: 2}}); err == nil {
+	if _, err := m.adm.ownRows(w1, []ipc.SessionRow{{ID: 2}}); err == nil {
 		t.Errorf("a row of another worker's session kept")
 	}
-	if _, err := m.ownRows(w1, []ipc.SessionRow{{ID: 1}, {ID: 1}}); err == nil {
+	if _, err := m.adm.ownRows(w1, []ipc.SessionRow{{ID: 1}, {ID: 1}}); err == nil {
 		t.Errorf("a session reported twice kept")
 	}
 }
@@ -32,8 +32,7 @@ func TestOwnRows(t *testing.T) {
 // order, and answers lockd's questions with its record.
 func TestRegistrar(t *testing.T) {
 	m := limitsMaster(t)
-	m.quit = make(chan struct{})
-	defer close(m.quit)
+	defer m.stop()
 	lockd := &proc{role: ipc.RoleLockd, ready: true}
 	got := make(chan *ipc.Msg, 16)
 	a, b, err := ipc.Pair()
@@ -50,17 +49,17 @@ func TestRegistrar(t *testing.T) {
 	go lockd.peer.Run()
 	defer lockdEnd.Close()
 	defer lockd.peer.Close()
-	m.lockd = lockd
-	m.startRegistrar()
+	m.sup.lockd = lockd
+	m.reg.start(m.quit, m.sup.lockdPeer, m.log)
 
 	w := &proc{role: ipc.RoleSession, index: 3, sessions: 1}
 	src := netip.MustParseAddrPort("192.0.2.9:4000")
 	local := netip.MustParseAddrPort("192.0.2.254:9199")
-	m.mu.Lock()
+	m.adm.mu.Lock()
 	s := &session{worker: w, src: src, local: local, done: make(chan struct{})}
-	m.sessions[42] = s
-	m.registerLocked(42, s)
-	m.mu.Unlock()
+	m.adm.sessions[42] = s
+	m.adm.register(42, s)
+	m.adm.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -71,9 +70,9 @@ func TestRegistrar(t *testing.T) {
 	if i := r.Payload.(*ipc.SessionInfo); !i.Known || i.Worker != 3 || i.Client != src || i.Local != local {
 		t.Errorf("session info: %+v", i)
 	}
-	m.mu.Lock()
-	m.forget(42)
-	m.mu.Unlock()
+	m.adm.mu.Lock()
+	m.adm.forget(42)
+	m.adm.mu.Unlock()
 	r, err = lockdEnd.Call(ctx, ipc.MsgSessionAsk, &ipc.SessionAsk{ID: 42}, ipc.MsgSessionInfo)
 	if err != nil || r.Payload.(*ipc.SessionInfo).Known {
 		t.Errorf("an ended session: %v, %v", r, err)
