@@ -120,4 +120,5 @@ func (w *worker) fromLockd(p *ipc.Peer, m *ipc.Msg) {
 		return
 	}
 	w.lockCache.Store(&lockCache{peer: p, gen: gen, beat: beat, fresh: freshFor})
+	w.log.Debugf("generation page from %s mapped: its \"not locked\" answers are kept", p.Name)
 }

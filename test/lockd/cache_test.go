@@ -3,6 +3,7 @@ package lockd
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +39,9 @@ func TestLockCacheHonoured(t *testing.T) {
 			t.Fatalf("%s: %d %q, want 554", what, code, text)
 		}
 	}
+	// The page comes over the link from lockd, which may be made after
+	// the worker said it is ready: before it, nothing is kept.
+	d.WaitLog(t, regexp.MustCompile(`generation page from lockd.* mapped`), 10*time.Second)
 	served("first session") // lockd asked; the answer is kept
 
 	// lockd stopped: the answer kept lets the client in without lockd,
