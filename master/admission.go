@@ -188,35 +188,38 @@ func (a *admission) logClose(by string, src netip.AddrPort, secs int64, id uint6
 }
 
 // admits returns the queue of session worker p when p may get a new
-// session now, nil when it may not; lateOK disregards the heartbeat. The
-// supervisor publishes a worker's link only while the worker is ready.
-// Called with a.mu held.
-func (a *admission) admits(p *proc, now time.Time, lateOK bool) *link {
+// session now, nil when it may not. A worker keeping up (strict) answers
+// the heartbeat and has taken all but maxUntaken of the sessions handed
+// to it; otherwise a worker only needs room in its queue. The supervisor
+// publishes a worker's link only while the worker is ready. Called with
+// a.mu held.
+func (a *admission) admits(p *proc, now time.Time, strict bool) *link {
 	l := p.link.Load()
-	if l == nil || len(l.queue) >= cap(l.queue) || p.untaken >= maxUntaken || (!lateOK && p.late(now)) {
+	if l == nil || len(l.queue) >= cap(l.queue) || strict && (p.untaken >= maxUntaken || p.late(now)) {
 		return nil
 	}
 	return l
 }
 
 // pickWorker chooses the worker for a new session, and returns it with
-// its queue: the one with the fewest sessions among those that admit one,
-// other than not. When every worker is late (a machine so loaded that
-// none answered in time, master included), one with room is chosen all
-// the same: the session waits in its queue, and is handed to another if
-// that worker is killed. A worker that holds as many sessions as its
-// descriptors allow gets none more (nofile.go). Nil when none has room.
-// Called with a.mu held.
+// its queue: the one with the fewest sessions among those that keep up,
+// other than not. When none keeps up (a burst of clients faster than the
+// workers take them, or a machine so loaded that none answered the
+// heartbeat in time, master included), one with room in its queue is
+// chosen all the same: the session waits there, as it would in the
+// listening queue, and is handed to another if that worker is killed. A
+// worker that holds as many sessions as its descriptors allow gets none
+// more (nofile.go). Nil when none has room. Called with a.mu held.
 func (a *admission) pickWorker(not *proc) (*proc, *link) {
 	now := time.Now()
-	for _, lateOK := range []bool{false, true} {
+	for _, strict := range []bool{true, false} {
 		var w *proc
 		var wl *link
 		for _, p := range a.workers {
 			if p == not || !a.room(p) || (w != nil && p.sessions >= w.sessions) {
 				continue
 			}
-			if l := a.admits(p, now, lateOK); l != nil {
+			if l := a.admits(p, now, strict); l != nil {
 				w, wl = p, l
 			}
 		}

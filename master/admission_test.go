@@ -165,9 +165,9 @@ func TestAdmissionBooks(t *testing.T) {
 	}
 }
 
-// A worker that is not ready (no link), whose queue is full or that has
-// maxUntaken sessions not taken gets none; a late one gets one only when
-// all are late.
+// A worker that is not ready (no link) or whose queue is full gets no
+// session; one that has maxUntaken sessions not taken, or is late, gets
+// one only when none keeps up, the least loaded of them.
 func TestPickWorker(t *testing.T) {
 	a := newAdmission(logx.Discard(), nil, &registrar{})
 	ready, _ := bookWorker(0)
@@ -178,24 +178,32 @@ func TestPickWorker(t *testing.T) {
 	}
 	busy, _ := bookWorker(3)
 	busy.untaken = maxUntaken
-	ready.sessions = 10 // the most loaded of those that admit
+	busy.sessions = maxUntaken
+	ready.sessions = 10 * maxUntaken // the most loaded
 	a.workers = []*proc{starting, full, busy, ready}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if w, l := a.pickWorker(nil); w != ready || l != ready.link.Load() {
 		t.Errorf("picked %v, want %v with its link", w, ready)
 	}
-	if w, _ := a.pickWorker(ready); w != nil {
-		t.Errorf("picked %v; none other admits", w)
+	if w, _ := a.pickWorker(ready); w != busy {
+		t.Errorf("picked %v when none other keeps up, want %v, the one with room", w, busy)
 	}
 	late, _ := bookWorker(4)
 	late.lastPong.Store(time.Now().Add(-time.Minute).UnixNano())
 	a.workers = append(a.workers, late)
 	if w, _ := a.pickWorker(nil); w != ready {
-		t.Errorf("picked %v with one answering, want %v", w, ready)
+		t.Errorf("picked %v with one keeping up, want %v", w, ready)
 	}
 	if w, _ := a.pickWorker(ready); w != late {
-		t.Errorf("picked %v when all that admit are late, want %v", w, late)
+		t.Errorf("picked %v when none keeps up, want %v, the least loaded", w, late)
+	}
+	for range cap(late.link.Load().queue) {
+		late.link.Load().queue <- 0
+	}
+	busy.link.Store(nil)
+	if w, _ := a.pickWorker(ready); w != nil {
+		t.Errorf("picked %v; none other has room", w)
 	}
 }
 
